@@ -1,0 +1,323 @@
+//! EfficientNet-Lite0: Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional
+//! Neural Networks" (2019), in the "Lite" variant for edge devices (TensorFlow Model Garden,
+//! 2020): no squeeze-and-excitation, ReLU6 instead of swish, stem and head not rescaled.
+//!
+//! Weight names are those of efficientnet_pytorch checkpoints (`_conv_stem`, `_bn0`,
+//! `_blocks.N._expand_conv` / `_bn0` / `_depthwise_conv` / `_bn1` / `_project_conv` / `_bn2`,
+//! `_conv_head`, `_bn1`, `_fc`), so the ImageNet checkpoint in
+//! `../shared/data/efficientnet-lite0/` loads unchanged. Convolutions pad like TensorFlow's
+//! "SAME" (the odd zero after), as the checkpoint was trained in TensorFlow.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{self, BatchNorm, Conv2d, DepthwiseConv2d, Padding};
+use crate::{Architecture, Classifier, Result, Role, TensorSpec};
+
+const NAME: &str = "efficientnet-lite0";
+const BN_EPS: f64 = 1e-3;
+const STEM_CHANNELS: usize = 32;
+const HEAD_CHANNELS: usize = 1280;
+
+/// One stage of the block table: how many blocks, kernel, stride of the first block,
+/// expansion ratio, input and output channels.
+struct Stage {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    c_in: usize,
+    c_out: usize,
+}
+
+#[rustfmt::skip]
+const STAGES: [Stage; 7] = [
+    Stage { repeats: 1, kernel: 3, stride: 1, expand: 1, c_in: 32, c_out: 16 },
+    Stage { repeats: 2, kernel: 3, stride: 2, expand: 6, c_in: 16, c_out: 24 },
+    Stage { repeats: 2, kernel: 5, stride: 2, expand: 6, c_in: 24, c_out: 40 },
+    Stage { repeats: 3, kernel: 3, stride: 2, expand: 6, c_in: 40, c_out: 80 },
+    Stage { repeats: 3, kernel: 5, stride: 1, expand: 6, c_in: 80, c_out: 112 },
+    Stage { repeats: 4, kernel: 5, stride: 2, expand: 6, c_in: 112, c_out: 192 },
+    Stage { repeats: 1, kernel: 3, stride: 1, expand: 6, c_in: 192, c_out: 320 },
+];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Outputs of the final `_fc` layer (1000 for the ImageNet checkpoint).
+    pub classes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::imagenet()
+    }
+}
+
+impl Config {
+    pub fn imagenet() -> Self {
+        Self { classes: 1000 }
+    }
+
+    fn parse(config: &serde_json::Value) -> Result<Self> {
+        let c: Self = crate::parse_config(NAME, config)?;
+        if c.classes == 0 {
+            return Err(crate::Error::Config {
+                architecture: NAME,
+                reason: "classes must be positive".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// The geometry of one mobile inverted-bottleneck block.
+#[derive(Clone, Copy)]
+struct BlockShape {
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl BlockShape {
+    fn hidden(&self) -> usize {
+        self.c_in * self.expand
+    }
+}
+
+/// The 16 blocks in checkpoint order: within a stage only the first block strides and changes
+/// the channel count.
+fn blocks() -> Vec<BlockShape> {
+    let mut out = Vec::with_capacity(16);
+    for s in &STAGES {
+        for r in 0..s.repeats {
+            out.push(BlockShape {
+                kernel: s.kernel,
+                stride: if r == 0 { s.stride } else { 1 },
+                expand: s.expand,
+                c_in: if r == 0 { s.c_in } else { s.c_out },
+                c_out: s.c_out,
+            });
+        }
+    }
+    out
+}
+
+fn bn_specs(specs: &mut Vec<TensorSpec>, prefix: &str, channels: usize) {
+    for (suffix, role) in [
+        ("weight", Role::BnWeight),
+        ("bias", Role::BnBias),
+        ("running_mean", Role::BnMean),
+        ("running_var", Role::BnVar),
+    ] {
+        specs.push(TensorSpec::new(
+            format!("{prefix}.{suffix}"),
+            &[channels],
+            role,
+        ));
+    }
+}
+
+fn tensor_specs(config: &serde_json::Value) -> Result<Vec<TensorSpec>> {
+    let c = Config::parse(config)?;
+    let mut specs = vec![TensorSpec::new(
+        "_conv_stem.weight",
+        &[STEM_CHANNELS, 3, 3, 3],
+        Role::Weight,
+    )];
+    bn_specs(&mut specs, "_bn0", STEM_CHANNELS);
+    for (i, b) in blocks().iter().enumerate() {
+        let p = format!("_blocks.{i}");
+        let hidden = b.hidden();
+        if b.expand != 1 {
+            specs.push(TensorSpec::new(
+                format!("{p}._expand_conv.weight"),
+                &[hidden, b.c_in, 1, 1],
+                Role::Weight,
+            ));
+            bn_specs(&mut specs, &format!("{p}._bn0"), hidden);
+        }
+        specs.push(TensorSpec::new(
+            format!("{p}._depthwise_conv.weight"),
+            &[hidden, 1, b.kernel, b.kernel],
+            Role::Weight,
+        ));
+        bn_specs(&mut specs, &format!("{p}._bn1"), hidden);
+        specs.push(TensorSpec::new(
+            format!("{p}._project_conv.weight"),
+            &[b.c_out, hidden, 1, 1],
+            Role::Weight,
+        ));
+        bn_specs(&mut specs, &format!("{p}._bn2"), b.c_out);
+    }
+    let last = STAGES[STAGES.len() - 1].c_out;
+    specs.push(TensorSpec::new(
+        "_conv_head.weight",
+        &[HEAD_CHANNELS, last, 1, 1],
+        Role::Weight,
+    ));
+    bn_specs(&mut specs, "_bn1", HEAD_CHANNELS);
+    specs.push(TensorSpec::new(
+        "_fc.weight",
+        &[c.classes, HEAD_CHANNELS],
+        Role::Weight,
+    ));
+    specs.push(TensorSpec::new("_fc.bias", &[c.classes], Role::Bias));
+    Ok(specs)
+}
+
+/// Mobile inverted bottleneck without squeeze-excitation: expand (1x1), depthwise, project
+/// (1x1), with a residual connection when the shape is kept.
+struct Block {
+    expand: Option<(Conv2d, BatchNorm)>,
+    depthwise: DepthwiseConv2d,
+    bn1: BatchNorm,
+    project: Conv2d,
+    bn2: BatchNorm,
+    residual: bool,
+}
+
+impl Block {
+    fn new(b: BlockShape, vb: VarBuilder) -> Result<Self> {
+        let hidden = b.hidden();
+        let expand = if b.expand != 1 {
+            Some((
+                Conv2d::load(
+                    vb.pp("_expand_conv"),
+                    (b.c_in, hidden, 1),
+                    1,
+                    Padding::TfSame,
+                    false,
+                )?,
+                BatchNorm::load(vb.pp("_bn0"), hidden, BN_EPS)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            expand,
+            depthwise: DepthwiseConv2d::load(
+                vb.pp("_depthwise_conv"),
+                hidden,
+                b.kernel,
+                b.stride,
+                Padding::TfSame,
+            )?,
+            bn1: BatchNorm::load(vb.pp("_bn1"), hidden, BN_EPS)?,
+            project: Conv2d::load(
+                vb.pp("_project_conv"),
+                (hidden, b.c_out, 1),
+                1,
+                Padding::TfSame,
+                false,
+            )?,
+            bn2: BatchNorm::load(vb.pp("_bn2"), b.c_out, BN_EPS)?,
+            residual: b.stride == 1 && b.c_in == b.c_out,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        if let Some((conv, bn)) = &self.expand {
+            y = layers::relu6(&bn.forward(&conv.forward(&y)?)?)?;
+        }
+        y = layers::relu6(&self.bn1.forward(&self.depthwise.forward(&y)?)?)?;
+        y = self.bn2.forward(&self.project.forward(&y)?)?;
+        if self.residual {
+            y = (y + x)?;
+        }
+        Ok(y)
+    }
+}
+
+pub struct EfficientNetLite0 {
+    stem: Conv2d,
+    bn0: BatchNorm,
+    blocks: Vec<Block>,
+    head: Conv2d,
+    bn1: BatchNorm,
+    fc: candle_nn::Linear,
+    classes: usize,
+}
+
+impl EfficientNetLite0 {
+    pub fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
+        let blocks = blocks()
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Block::new(b, vb.pp(format!("_blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let last = STAGES[STAGES.len() - 1].c_out;
+        Ok(Self {
+            stem: Conv2d::load(
+                vb.pp("_conv_stem"),
+                (3, STEM_CHANNELS, 3),
+                2,
+                Padding::TfSame,
+                false,
+            )?,
+            bn0: BatchNorm::load(vb.pp("_bn0"), STEM_CHANNELS, BN_EPS)?,
+            blocks,
+            head: Conv2d::load(
+                vb.pp("_conv_head"),
+                (last, HEAD_CHANNELS, 1),
+                1,
+                Padding::TfSame,
+                false,
+            )?,
+            bn1: BatchNorm::load(vb.pp("_bn1"), HEAD_CHANNELS, BN_EPS)?,
+            fc: layers::linear(vb.pp("_fc"), HEAD_CHANNELS, c.classes)?,
+            classes: c.classes,
+        })
+    }
+
+    /// The 1280-wide pooled features before `_fc`: what a transfer-learning head consumes.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        layers::check_input(x, NAME)?;
+        let mut x = layers::relu6(&self.bn0.forward(&self.stem.forward(x)?)?)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = layers::relu6(&self.bn1.forward(&self.head.forward(&x)?)?)?;
+        layers::global_avg_pool(&x)
+    }
+}
+
+impl Classifier for EfficientNetLite0 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layers::apply_linear(&self.fc, &self.features(x)?)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+}
+
+pub(crate) const ARCHITECTURE: Architecture = Architecture {
+    name: NAME,
+    summary: "EfficientNet-Lite0: 16 MBConv blocks (ReLU6, no SE), TF-SAME padding, any input size",
+    tensor_specs,
+    input_size: |_| Ok(None),
+    num_classes: |config| Ok(Config::parse(config)?.classes),
+    build: |config, vb| {
+        Ok(Box::new(EfficientNetLite0::new(
+            &Config::parse(config)?,
+            vb,
+        )?))
+    },
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_table_has_sixteen_blocks_and_247_tensors() {
+        assert_eq!(blocks().len(), 16);
+        // The count of tensors in the published checkpoint.
+        assert_eq!(tensor_specs(&serde_json::Value::Null).unwrap().len(), 247);
+    }
+}

@@ -1,0 +1,225 @@
+//! Inference-only building blocks shared by the architectures.
+//!
+//! Batch norm is folded into a per-channel scale and shift when it is loaded, and depthwise
+//! convolution is computed tap by tap: candle's grouped convolution loops over the groups and
+//! is about ten times slower for depthwise layers (DESIGN.md, performance facts).
+
+use candle_core::{DType, IndexOp, Module, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::Result;
+
+/// How a convolution pads its input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// The same number of zeros on every side (PyTorch's `padding=p`).
+    Symmetric(usize),
+    /// TensorFlow's "SAME": output size `ceil(in / stride)`, the odd zero goes after. This is
+    /// what EfficientNet checkpoints converted from TensorFlow expect.
+    TfSame,
+}
+
+impl Padding {
+    /// Zeros before and after along one spatial dimension, and the output length.
+    fn resolve(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+        match self {
+            Padding::Symmetric(p) => (p, p, (len + 2 * p - kernel) / stride + 1),
+            Padding::TfSame => {
+                let out = len.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(len);
+                (total / 2, total - total / 2, out)
+            }
+        }
+    }
+}
+
+/// A dense (groups = 1) 2-D convolution with an optional bias. Weight is OIHW.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: Padding,
+}
+
+impl Conv2d {
+    pub fn load(
+        vb: VarBuilder,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        with_bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = if with_bias {
+            Some(vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let kernel = self.weight.dim(2)?;
+        let (top, bottom, _) = self.padding.resolve(h, kernel, self.stride);
+        let (left, right, _) = self.padding.resolve(w, kernel, self.stride);
+        let y = if top == bottom && left == right && top == left {
+            x.conv2d(&self.weight, top, self.stride, 1, 1)?
+        } else {
+            x.pad_with_zeros(2, top, bottom)?
+                .pad_with_zeros(3, left, right)?
+                .conv2d(&self.weight, 0, self.stride, 1, 1)?
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// A depthwise convolution (one kxk filter per channel, no bias). Weight is `[C, 1, k, k]`.
+pub struct DepthwiseConv2d {
+    /// `taps[i * k + j]` is the `[1, C, 1, 1]` column of weights for kernel position (i, j).
+    taps: Vec<Tensor>,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+}
+
+impl DepthwiseConv2d {
+    pub fn load(
+        vb: VarBuilder,
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Result<Self> {
+        let weight = vb.get((channels, 1, kernel, kernel), "weight")?;
+        let mut taps = Vec::with_capacity(kernel * kernel);
+        for i in 0..kernel {
+            for j in 0..kernel {
+                taps.push(weight.i((.., 0, i, j))?.reshape((1, channels, 1, 1))?);
+            }
+        }
+        Ok(Self {
+            taps,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (k, s) = (self.kernel, self.stride);
+        let (top, _, h_out) = self.padding.resolve(h, k, s);
+        let (left, _, w_out) = self.padding.resolve(w, k, s);
+        // Pad (or trim) so the padded size is a multiple of the stride; then the input splits
+        // into s*s phases and every tap reads one phase at an integer offset.
+        let h_phase = h_out + (k - 1) / s;
+        let w_phase = w_out + (k - 1) / s;
+        let x = fit(x, 2, top, s * h_phase)?;
+        let x = fit(&x, 3, left, s * w_phase)?;
+        let phases: Vec<Tensor> = if s == 1 {
+            vec![x]
+        } else {
+            let x = x.reshape((n, c, h_phase, s, w_phase, s))?;
+            let mut phases = Vec::with_capacity(s * s);
+            for a in 0..s {
+                for b in 0..s {
+                    phases.push(x.i((.., .., .., a, .., b))?.contiguous()?);
+                }
+            }
+            phases
+        };
+        let mut acc: Option<Tensor> = None;
+        for i in 0..k {
+            for j in 0..k {
+                let phase = &phases[(i % s) * s + (j % s)];
+                let window = phase.narrow(2, i / s, h_out)?.narrow(3, j / s, w_out)?;
+                let term = window.broadcast_mul(&self.taps[i * k + j])?;
+                acc = Some(match acc {
+                    Some(acc) => (acc + term)?,
+                    None => term,
+                });
+            }
+        }
+        Ok(acc.expect("kernel has at least one tap"))
+    }
+}
+
+/// Pads `before` zeros in front of `dim`, then pads or trims the end so the length is `target`.
+fn fit(x: &Tensor, dim: usize, before: usize, target: usize) -> Result<Tensor> {
+    let len = x.dim(dim)? + before;
+    let x = x.pad_with_zeros(dim, before, target.saturating_sub(len))?;
+    Ok(if len > target {
+        x.narrow(dim, 0, target)?
+    } else {
+        x
+    })
+}
+
+/// Inference batch norm folded to `x * scale + shift`, per channel of an NCHW tensor.
+pub struct BatchNorm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl BatchNorm {
+    /// Loads `weight`, `bias`, `running_mean`, `running_var` (PyTorch names).
+    pub fn load(vb: VarBuilder, channels: usize, eps: f64) -> Result<Self> {
+        let gamma = vb.get(channels, "weight")?;
+        let beta = vb.get(channels, "bias")?;
+        let mean = vb.get(channels, "running_mean")?;
+        let var = vb.get(channels, "running_var")?;
+        let scale = gamma.broadcast_div(&(var + eps)?.sqrt()?)?;
+        let shift = (beta - mean.mul(&scale)?)?;
+        Ok(Self {
+            scale: scale.reshape((1, channels, 1, 1))?,
+            shift: shift.reshape((1, channels, 1, 1))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
+    }
+}
+
+/// `weight [out, in]` and `bias [out]`, PyTorch layout.
+pub fn linear(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<candle_nn::Linear> {
+    Ok(candle_nn::linear(c_in, c_out, vb)?)
+}
+
+pub fn apply_linear(layer: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(layer.forward(x)?)
+}
+
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    Ok(x.clamp(0f32, 6f32)?)
+}
+
+/// Mean over H and W: `[N, C, H, W]` -> `[N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean(D::Minus1)?.mean(D::Minus1)?)
+}
+
+/// Ensures the batch is f32 NCHW with three channels, the contract of every classifier.
+pub fn check_input(x: &Tensor, architecture: &'static str) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != 4 || dims[1] != 3 || x.dtype() != DType::F32 {
+        return Err(crate::Error::Input {
+            architecture,
+            reason: format!(
+                "expected an f32 batch [N, 3, H, W], got {:?} {:?}",
+                x.dtype(),
+                dims
+            ),
+        });
+    }
+    Ok(())
+}

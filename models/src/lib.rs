@@ -1,0 +1,174 @@
+//! Image-classification architectures for edgemm, written with candle-nn and registered by name.
+//!
+//! An artifact's manifest names its architecture (`"architecture": "efficientnet-lite0"`) and
+//! carries that architecture's config as JSON. This crate turns the pair into a network:
+//!
+//! - [`architecture`] looks a name up in the registry ([`ARCHITECTURES`]);
+//! - [`Architecture::tensor_specs`] lists every tensor the weights file must hold, with its
+//!   shape, so a runtime can refuse a wrong file before it touches a single weight;
+//! - [`Architecture::build`] builds the network from a candle `VarBuilder`.
+//!
+//! Every network takes an `[N, 3, H, W]` f32 batch (NCHW, already normalised) and returns
+//! `[N, classes]` logits. Weight names mirror the checkpoints the architectures come from
+//! (torchvision for VGG16, efficientnet_pytorch for EfficientNet-Lite0), so those load
+//! without a renaming table.
+//!
+//! ```
+//! use edgemm_models::{architecture, init};
+//! use candle_core::{Device, Tensor};
+//!
+//! let arch = architecture("alexnet-small")?;
+//! let config = serde_json::json!({ "classes": 10 });
+//! let specs = arch.tensor_specs(&config)?;
+//! // Seeded random weights: enough to run the network end to end.
+//! let weights = init::seeded_weights(&specs, 7, &Device::Cpu)?;
+//! let vb = candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &Device::Cpu);
+//! let net = arch.build(&config, vb)?;
+//! let logits = net.forward(&Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &Device::Cpu)?)?;
+//! assert_eq!(logits.dims(), &[1, 10]);
+//! # Ok::<(), edgemm_models::Error>(())
+//! ```
+
+pub mod alexnet_small;
+pub mod efficientnet_lite0;
+pub mod init;
+mod layers;
+pub mod vgg16;
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+/// Errors raised while validating a config or building a network.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("unknown architecture {name:?} (known: {known})")]
+    UnknownArchitecture { name: String, known: String },
+    #[error("invalid config for {architecture}: {reason}")]
+    Config {
+        architecture: &'static str,
+        reason: String,
+    },
+    #[error("bad input for {architecture}: {reason}")]
+    Input {
+        architecture: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a tensor is for. Used to check nothing, only to initialise seeded test weights with
+/// sensible scales (see [`init`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Convolution or linear weight (fan-in is `shape[1..]`).
+    Weight,
+    Bias,
+    BnWeight,
+    BnBias,
+    BnMean,
+    BnVar,
+}
+
+/// One tensor the weights file must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub role: Role,
+}
+
+impl TensorSpec {
+    pub(crate) fn new(name: impl Into<String>, shape: &[usize], role: Role) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            role,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A built network: `[N, 3, H, W]` normalised f32 in, `[N, classes]` logits out.
+pub trait Classifier: Send + Sync {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn num_classes(&self) -> usize;
+}
+
+/// A registry entry. The function pointers take the manifest's config JSON; missing keys take
+/// the architecture's defaults and unknown keys are refused.
+pub struct Architecture {
+    pub name: &'static str,
+    /// One line for `edgemm inspect` and error messages.
+    pub summary: &'static str,
+    tensor_specs: fn(&serde_json::Value) -> Result<Vec<TensorSpec>>,
+    input_size: fn(&serde_json::Value) -> Result<Option<(usize, usize)>>,
+    num_classes: fn(&serde_json::Value) -> Result<usize>,
+    build: fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn Classifier>>,
+}
+
+impl Architecture {
+    /// Every tensor the weights must hold, in a stable order.
+    pub fn tensor_specs(&self, config: &serde_json::Value) -> Result<Vec<TensorSpec>> {
+        (self.tensor_specs)(config)
+    }
+
+    /// The `(height, width)` the network requires, or `None` when any size works (fully
+    /// convolutional networks with global pooling).
+    pub fn input_size(&self, config: &serde_json::Value) -> Result<Option<(usize, usize)>> {
+        (self.input_size)(config)
+    }
+
+    pub fn num_classes(&self, config: &serde_json::Value) -> Result<usize> {
+        (self.num_classes)(config)
+    }
+
+    /// Builds the network. Shapes are checked by the `VarBuilder` as tensors are fetched.
+    pub fn build(&self, config: &serde_json::Value, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+        (self.build)(config, vb)
+    }
+}
+
+/// All registered architectures.
+pub static ARCHITECTURES: &[Architecture] = &[
+    alexnet_small::ARCHITECTURE,
+    vgg16::ARCHITECTURE,
+    efficientnet_lite0::ARCHITECTURE,
+];
+
+/// Looks an architecture up by its registry name.
+pub fn architecture(name: &str) -> Result<&'static Architecture> {
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| Error::UnknownArchitecture {
+            name: name.to_string(),
+            known: ARCHITECTURES
+                .iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Parses an architecture config, filling defaults and refusing unknown keys.
+pub(crate) fn parse_config<C: serde::de::DeserializeOwned>(
+    architecture: &'static str,
+    config: &serde_json::Value,
+) -> Result<C> {
+    let value = if config.is_null() {
+        serde_json::Value::Object(Default::default())
+    } else {
+        config.clone()
+    };
+    serde_json::from_value(value).map_err(|e| Error::Config {
+        architecture,
+        reason: e.to_string(),
+    })
+}

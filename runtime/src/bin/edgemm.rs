@@ -1,0 +1,363 @@
+//! The `edgemm` command: pack, inspect, predict, invoke.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgemm::{artifact, json, Input, Runtime, RuntimeOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "edgemm",
+    version,
+    about = "On-device inference for SageMaker-style model artifacts"
+)]
+struct Cli {
+    /// Where artifacts are extracted [default: $EDGEMM_CACHE_DIR, else ~/.cache/edgemm]
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack a manifest and a safetensors file into NAME.tar.gz (sha256 and dtype filled in)
+    Pack {
+        /// manifest.json (weights.sha256 may be left out; it is computed)
+        #[arg(long)]
+        manifest: PathBuf,
+        /// model.safetensors to pack
+        #[arg(
+            long,
+            conflicts_with = "random_seed",
+            required_unless_present = "random_seed"
+        )]
+        weights: Option<PathBuf>,
+        /// Instead of --weights, pack seeded random weights (for trying the plumbing)
+        #[arg(long)]
+        random_seed: Option<u64>,
+        /// Output artifact, e.g. models/repository/my-model.tar.gz
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Verify an artifact and show its manifest, tensors, sizes and checksum
+    Inspect {
+        artifact: PathBuf,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify image files (PNG, JPEG) with a model of the repository
+    Predict {
+        /// Model repository directory
+        #[arg(long, default_value = "models/repository")]
+        repo: PathBuf,
+        /// Model name (the artifact's path in the repository, e.g. efficientnet-lite0.tar.gz)
+        #[arg(long, short)]
+        model: String,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// Print the full response as JSON lines
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Answer a TF Serving JSON request ({"instances": ...} or {"inputs": ...})
+    Invoke {
+        #[arg(long, default_value = "models/repository")]
+        repo: PathBuf,
+        #[arg(long, short)]
+        model: String,
+        /// Request body file; `-` reads standard input
+        #[arg(long, default_value = "-")]
+        body: PathBuf,
+    },
+}
+
+fn runtime(repo: &Path, cache_dir: Option<PathBuf>, top_k: usize) -> edgemm::Result<Runtime> {
+    let mut options = RuntimeOptions::new(repo);
+    if let Some(dir) = cache_dir {
+        options.cache_dir = dir;
+    }
+    options.top_k = top_k;
+    Runtime::new(options)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(e.as_ref());
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn run(cli: Cli) -> AnyResult<ExitCode> {
+    match cli.command {
+        Command::Pack {
+            manifest,
+            weights,
+            random_seed,
+            output,
+        } => pack(&manifest, weights.as_deref(), random_seed, &output),
+        Command::Inspect { artifact, json } => inspect(&artifact, cli.cache_dir, json),
+        Command::Predict {
+            repo,
+            model,
+            top_k,
+            json,
+            images,
+        } => predict(&repo, cli.cache_dir, &model, top_k, json, &images),
+        Command::Invoke { repo, model, body } => invoke(&repo, cli.cache_dir, &model, &body),
+    }
+}
+
+fn read(path: &Path) -> AnyResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()).into())
+}
+
+fn pack(
+    manifest_path: &Path,
+    weights: Option<&Path>,
+    seed: Option<u64>,
+    output: &Path,
+) -> AnyResult<ExitCode> {
+    let mut value: serde_json::Value = serde_json::from_slice(&read(manifest_path)?)
+        .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let scratch;
+    let weights = match (weights, seed) {
+        (Some(w), _) => w.to_path_buf(),
+        (None, Some(seed)) => {
+            let arch_name = value["architecture"]
+                .as_str()
+                .ok_or("manifest has no architecture")?;
+            let arch = edgemm_models::architecture(arch_name)?;
+            let specs = arch.tensor_specs(&value["config"])?;
+            let tensors =
+                edgemm_models::init::seeded_weights(&specs, seed, &candle_core::Device::Cpu)?;
+            scratch = ScratchFile::new(output, "random.safetensors");
+            candle_core::safetensors::save(&tensors, &scratch.0)?;
+            scratch.0.clone()
+        }
+        (None, None) => unreachable!("clap requires --weights or --random-seed"),
+    };
+    // The checksum (and the dtype, when left out) come from the weights themselves.
+    let weights_spec = value
+        .as_object_mut()
+        .ok_or("manifest is not a JSON object")?
+        .entry("weights")
+        .or_insert_with(|| serde_json::json!({}));
+    if weights_spec.get("dtype").is_none() {
+        weights_spec["dtype"] = stored_dtype(&weights)?.into();
+    }
+    weights_spec["sha256"] = artifact::sha256_file(&weights)?.into();
+    let manifest = edgemm::Manifest::from_json(value.to_string().as_bytes())
+        .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let packed = artifact::pack(&manifest, &weights, output)?;
+    println!(
+        "packed {} ({} bytes): {} with {} labels, weights sha256 {}",
+        output.display(),
+        std::fs::metadata(output)?.len(),
+        packed.architecture,
+        packed.labels.len(),
+        packed.weights.sha256
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A file next to `near` that is removed when dropped.
+struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    fn new(near: &Path, suffix: &str) -> Self {
+        let name = format!(
+            ".{}-{}-{suffix}",
+            near.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        );
+        Self(near.with_file_name(name))
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn stored_dtype(weights: &Path) -> AnyResult<String> {
+    let bytes = read(weights)?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("{}: {e}", weights.display()))?;
+    let dtype = meta
+        .tensors()
+        .values()
+        .next()
+        .map(|info| format!("{:?}", info.dtype).to_lowercase())
+        .ok_or("weights file holds no tensor")?;
+    Ok(dtype)
+}
+
+fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<ExitCode> {
+    let scratch = cache_dir
+        .unwrap_or_else(edgemm::default_cache_dir)
+        .join("inspect");
+    let info = artifact::inspect(path, &scratch, edgemm::ArtifactLimits::default())?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &info.manifest;
+    println!(
+        "artifact      {} ({} bytes, verified)",
+        path.display(),
+        info.archive_bytes
+    );
+    println!("format        {}", m.format_version);
+    println!("architecture  {} {}", m.architecture, m.config);
+    println!(
+        "labels        {} ({} ...)",
+        m.labels.len(),
+        m.labels
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "input         {}x{}x{} {:?}, resize {:?}, scale {}, mean {:?}, std {:?}, tensors read as {:?}",
+        m.input.height,
+        m.input.width,
+        m.input.channels,
+        m.input.layout,
+        m.input.resize,
+        m.input.scale,
+        m.input.mean,
+        m.input.std,
+        m.input.tensor_values
+    );
+    println!("output        {:?}", m.output);
+    println!(
+        "weights       {} bytes, {}, sha256 {}",
+        info.weights_bytes, m.weights.dtype, info.sha256
+    );
+    if let Some(d) = &m.description {
+        println!("description   {d}");
+    }
+    let params: usize = info
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
+    println!(
+        "tensors       {} ({} parameters)",
+        info.tensors.len(),
+        params
+    );
+    for t in &info.tensors {
+        println!(
+            "  {:<40} {:<5} {:?} {} B",
+            t.name, t.dtype, t.shape, t.bytes
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn predict(
+    repo: &Path,
+    cache_dir: Option<PathBuf>,
+    model: &str,
+    top_k: usize,
+    as_json: bool,
+    images: &[PathBuf],
+) -> AnyResult<ExitCode> {
+    let runtime = runtime(repo, cache_dir, top_k)?;
+    let mut failures = 0;
+    for path in images {
+        let result = read(path).and_then(|bytes| {
+            runtime
+                .invoke(model, Input::Image(&bytes))
+                .map_err(|e| e.into())
+        });
+        match result {
+            Ok(response) if as_json => {
+                let line = serde_json::json!({
+                    "image": path.display().to_string(),
+                    "top_k": response.predictions[0].top_k,
+                    "timing": response.timing,
+                });
+                println!("{line}");
+            }
+            Ok(response) => {
+                let top: Vec<String> = response.predictions[0]
+                    .top_k
+                    .iter()
+                    .map(|s| format!("{} {:.3}", s.label, s.probability))
+                    .collect();
+                println!(
+                    "{}: {}  [{:.1} ms]",
+                    path.display(),
+                    top.join(", "),
+                    (response.timing.preprocess_us + response.timing.inference_us) as f64 / 1e3
+                );
+            }
+            Err(e) => {
+                // Model-level failures stop at once; a bad image only fails itself.
+                if !matches!(
+                    e.downcast_ref::<edgemm::Error>(),
+                    None | Some(edgemm::Error::BadInput(_))
+                ) {
+                    return Err(e);
+                }
+                failures += 1;
+                eprintln!("{}: error: {e}", path.display());
+            }
+        }
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn invoke(
+    repo: &Path,
+    cache_dir: Option<PathBuf>,
+    model: &str,
+    body: &Path,
+) -> AnyResult<ExitCode> {
+    let body = if body == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .take(json::MAX_REQUEST_BYTES as u64 + 1)
+            .read_to_end(&mut buf)?;
+        buf
+    } else {
+        read(body)?
+    };
+    let result = runtime(repo, cache_dir, 5).and_then(|rt| json::invoke_json(&rt, model, &body));
+    match result {
+        Ok(value) => {
+            println!("{value}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{}", json::error_body(&e));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
