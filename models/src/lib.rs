@@ -31,6 +31,7 @@
 
 pub mod alexnet_small;
 pub mod efficientnet_lite0;
+pub mod golden;
 pub mod init;
 mod layers;
 pub mod vgg16;

@@ -118,14 +118,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// The network's raw output (`[N, classes]`, logits or probabilities as the manifest's
+    /// `output` says) for a normalised `[N, 3, H, W]` batch.
+    pub fn forward(&self, nchw: &Tensor) -> Result<Tensor> {
+        self.network
+            .forward(nchw)
+            .map_err(|e| Error::Inference(e.to_string()))
+    }
+
     /// Runs a normalised NCHW batch and returns one probability row per item.
     pub fn probabilities(&self, nchw: Vec<f32>, batch: usize) -> Result<Vec<Vec<f32>>> {
         let (h, w) = (self.manifest.input.height, self.manifest.input.width);
         let x = Tensor::from_vec(nchw, (batch, 3, h, w), &self.device)?;
-        let out = self
-            .network
-            .forward(&x)
-            .map_err(|e| Error::Inference(e.to_string()))?;
+        let out = self.forward(&x)?;
         let out = match self.manifest.output {
             OutputKind::Logits => candle_nn::ops::softmax_last_dim(&out)?,
             OutputKind::Probabilities => out,
