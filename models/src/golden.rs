@@ -22,9 +22,9 @@ pub struct GoldenFile {
 
 impl GoldenFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| candle_core::Error::wrap(e))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| candle_core::Error::wrap(e))?;
+        let bytes = std::fs::read(path).map_err(candle_core::Error::wrap)?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(candle_core::Error::wrap)?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
         let mut take = |name: &str| {

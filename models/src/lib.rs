@@ -102,6 +102,9 @@ pub trait Classifier: Send + Sync {
     fn num_classes(&self) -> usize;
 }
 
+/// `(height, width)` in pixels.
+pub type InputSize = (usize, usize);
+
 /// A registry entry. The function pointers take the manifest's config JSON; missing keys take
 /// the architecture's defaults and unknown keys are refused.
 pub struct Architecture {
@@ -109,7 +112,7 @@ pub struct Architecture {
     /// One line for `edgemm inspect` and error messages.
     pub summary: &'static str,
     tensor_specs: fn(&serde_json::Value) -> Result<Vec<TensorSpec>>,
-    input_size: fn(&serde_json::Value) -> Result<Option<(usize, usize)>>,
+    input_size: fn(&serde_json::Value) -> Result<Option<InputSize>>,
     num_classes: fn(&serde_json::Value) -> Result<usize>,
     build: fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn Classifier>>,
 }
@@ -122,7 +125,7 @@ impl Architecture {
 
     /// The `(height, width)` the network requires, or `None` when any size works (fully
     /// convolutional networks with global pooling).
-    pub fn input_size(&self, config: &serde_json::Value) -> Result<Option<(usize, usize)>> {
+    pub fn input_size(&self, config: &serde_json::Value) -> Result<Option<InputSize>> {
         (self.input_size)(config)
     }
 

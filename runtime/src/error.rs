@@ -35,14 +35,14 @@ pub enum ArtifactError {
     MissingTensor {
         name: String,
         shape: Vec<usize>,
-        architecture: String,
+        architecture: &'static str,
     },
     #[error("tensor {name:?} has shape {actual:?}, {architecture} needs {expected:?}")]
     TensorShape {
         name: String,
-        expected: Vec<usize>,
-        actual: Vec<usize>,
-        architecture: String,
+        expected: Box<[usize]>,
+        actual: Box<[usize]>,
+        architecture: &'static str,
     },
     #[error("tensor {name:?} is {actual}, the manifest declares weights as {expected}")]
     TensorDtype {
@@ -51,7 +51,10 @@ pub enum ArtifactError {
         actual: String,
     },
     #[error("weights hold tensor {name:?}, which {architecture} does not use")]
-    UnexpectedTensor { name: String, architecture: String },
+    UnexpectedTensor {
+        name: String,
+        architecture: &'static str,
+    },
     #[error(transparent)]
     Architecture(#[from] edgemm_models::Error),
 }

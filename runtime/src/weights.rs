@@ -59,15 +59,15 @@ fn check(label: &str, st: &MmapedSafetensors, manifest: &Manifest) -> Result<Vec
             fail(ArtifactError::MissingTensor {
                 name: spec.name.clone(),
                 shape: spec.shape.clone(),
-                architecture: manifest.architecture.clone(),
+                architecture: arch.name,
             })
         })?;
         if view.shape() != spec.shape.as_slice() {
             return Err(fail(ArtifactError::TensorShape {
                 name: spec.name.clone(),
-                expected: spec.shape.clone(),
-                actual: view.shape().to_vec(),
-                architecture: manifest.architecture.clone(),
+                expected: spec.shape.clone().into(),
+                actual: view.shape().into(),
+                architecture: arch.name,
             }));
         }
         let dtype = dtype_name(view.dtype());
@@ -93,7 +93,7 @@ fn check(label: &str, st: &MmapedSafetensors, manifest: &Manifest) -> Result<Vec
         extra.sort();
         return Err(fail(ArtifactError::UnexpectedTensor {
             name: extra[0].clone(),
-            architecture: manifest.architecture.clone(),
+            architecture: arch.name,
         }));
     }
     Ok(infos)
