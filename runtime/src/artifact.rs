@@ -22,6 +22,7 @@ use crate::manifest::Manifest;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+const MAX_EXTENSION_BYTES: u64 = 64 << 10;
 
 /// Caps applied while extracting an archive.
 #[derive(Clone, Copy, Debug)]
@@ -147,8 +148,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Extracts and verifies `archive` into `dest` (which must not exist yet, or is replaced).
-/// `name` only labels errors.
+/// Extracts and verifies `archive` into `dest` (replacing what is there): paths, entry types,
+/// caps, checksum, and every tensor against the manifest's architecture. `name` only labels
+/// errors.
 pub fn extract(
     name: &str,
     archive: &Path,
@@ -158,6 +160,9 @@ pub fn extract(
     let file = File::open(archive).map_err(|e| Error::io("opening", archive, e))?;
     let tmp = TempDir::beside(dest)?;
     let manifest = unpack(file, &tmp.path, limits).map_err(|e| Error::artifact(name, e))?;
+    // Only a copy whose every tensor fits the architecture is renamed into place, so a
+    // directory under its final name is always a usable model.
+    crate::weights::check_file(name, &tmp.path.join(WEIGHTS_FILE), &manifest)?;
     if dest.exists() {
         fs::remove_dir_all(dest).map_err(|e| Error::io("replacing", dest, e))?;
     }
@@ -195,7 +200,10 @@ fn unpack(
     let mut weights_sha: Option<String> = None;
     let mut count = 0usize;
     let mut declared = 0u64;
-    for entry in tar.entries().map_err(read_error)? {
+    // Raw mode: the tar crate would otherwise read GNU long-name and pax records into memory
+    // whole, before any check of ours. Here they are ordinary entries, capped and skipped; a
+    // long name then shows as its truncated header name, which is checked like any other.
+    for entry in tar.entries().map_err(read_error)?.raw(true) {
         let mut entry = entry.map_err(read_error)?;
         count += 1;
         if count > limits.max_entries {
@@ -210,6 +218,18 @@ fn unpack(
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {}
             tar::EntryType::Directory => continue,
+            tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink
+            | tar::EntryType::XHeader
+            | tar::EntryType::XGlobalHeader => {
+                if entry.size() > MAX_EXTENSION_BYTES {
+                    return Err(ArtifactError::UnsafeEntry {
+                        path: shown(),
+                        reason: "extension header (long name or pax) over 64 KiB",
+                    });
+                }
+                continue;
+            }
             tar::EntryType::Symlink => {
                 return Err(ArtifactError::UnsafeEntry {
                     path: shown(),

@@ -38,7 +38,9 @@ fn tensor(value: &Value) -> Result<(Vec<f32>, Vec<usize>)> {
             None => return Err(bad("empty array in a tensor")),
         }
     }
-    let mut data = Vec::with_capacity(shape.iter().product());
+    // The shape was read off the first element at each level only; nothing is reserved from it
+    // before `flatten` has checked every row, so a small body cannot claim a huge tensor.
+    let mut data = Vec::new();
     flatten(value, &shape, &mut data)?;
     Ok((data, shape))
 }

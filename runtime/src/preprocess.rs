@@ -188,14 +188,16 @@ pub fn tensor_to_nchw(
     if n == 0 {
         return Err(InputError::EmptyBatch);
     }
-    let needed = n * 3 * h * w;
-    if data.len() != needed {
+    let needed = n.checked_mul(3 * h * w);
+    if needed != Some(data.len()) {
+        let needed = needed.unwrap_or(usize::MAX);
         return Err(InputError::TensorData {
             shape: shape.to_vec(),
             values: data.len(),
             needed,
         });
     }
+    let needed = data.len();
     if data.iter().any(|v| !v.is_finite()) {
         return Err(InputError::NonFinite);
     }

@@ -210,6 +210,7 @@ pub struct Runtime {
     repository: ModelRepository,
     device: Device,
     models: Mutex<HashMap<String, Arc<LoadedModel>>>,
+    loading: Mutex<()>,
 }
 
 /// Written next to an extracted artifact: the source file's size and mtime when it was
@@ -240,6 +241,7 @@ impl Runtime {
             options,
             device,
             models: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
         })
     }
 
@@ -256,12 +258,15 @@ impl Runtime {
         if let Some(model) = self.lock_models().get(name) {
             return Ok(model.clone());
         }
+        // One load at a time: two first requests for a model must not both extract it into
+        // the same directory. Loaded models keep answering meanwhile.
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = self.lock_models().get(name) {
+            return Ok(model.clone());
+        }
         let model = Arc::new(self.load_model(name)?);
-        Ok(self
-            .lock_models()
-            .entry(name.to_string())
-            .or_insert(model)
-            .clone())
+        self.lock_models().insert(name.to_string(), model.clone());
+        Ok(model)
     }
 
     fn lock_models(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedModel>>> {
