@@ -51,7 +51,7 @@ impl Config {
             architecture: NAME,
             reason,
         };
-        if c.input_size == 0 || c.input_size % 8 != 0 {
+        if c.input_size == 0 || !c.input_size.is_multiple_of(8) {
             return Err(bad(format!(
                 "input_size must be a positive multiple of 8, got {}",
                 c.input_size

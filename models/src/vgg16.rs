@@ -99,7 +99,7 @@ impl Config {
             ("input_height", c.input_height),
             ("input_width", c.input_width),
         ] {
-            if v == 0 || v % 32 != 0 {
+            if v == 0 || !v.is_multiple_of(32) {
                 return Err(bad(format!(
                     "{what} must be a positive multiple of 32, got {v}"
                 )));

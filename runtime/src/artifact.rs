@@ -115,9 +115,12 @@ fn safe_entry_path(raw: &[u8]) -> std::result::Result<String, ArtifactError> {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Prefix of directories being extracted; a directory so named is never a finished model.
+pub const PARTIAL_PREFIX: &str = ".partial-";
+
 /// A fresh directory beside `dest`, named so that it can never be mistaken for a finished one
-/// (`.partial-` prefix) and removed again on drop unless it was renamed.
-struct TempDir {
+/// ([`PARTIAL_PREFIX`]) and removed again on drop unless it was renamed.
+pub(crate) struct TempDir {
     path: PathBuf,
     keep: bool,
 }
@@ -131,7 +134,7 @@ impl TempDir {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let path = parent.join(format!(
-            ".partial-{}-{}-{stem}",
+            "{PARTIAL_PREFIX}{}-{}-{stem}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
@@ -157,9 +160,25 @@ pub fn extract(
     dest: &Path,
     limits: ArtifactLimits,
 ) -> Result<ExtractedArtifact> {
+    extract_with(name, archive, dest, limits, &[])
+}
+
+/// [`extract`], also writing `extra` files (name, contents) into the directory before it is
+/// renamed into place, so they appear atomically with the model (the cache's bookkeeping).
+pub fn extract_with(
+    name: &str,
+    archive: &Path,
+    dest: &Path,
+    limits: ArtifactLimits,
+    extra: &[(&str, &[u8])],
+) -> Result<ExtractedArtifact> {
     let file = File::open(archive).map_err(|e| Error::io("opening", archive, e))?;
     let tmp = TempDir::beside(dest)?;
     let manifest = unpack(file, &tmp.path, limits).map_err(|e| Error::artifact(name, e))?;
+    for (file_name, contents) in extra {
+        let path = tmp.path.join(file_name);
+        fs::write(&path, contents).map_err(|e| Error::io("writing", &path, e))?;
+    }
     // Only a copy whose every tensor fits the architecture is renamed into place, so a
     // directory under its final name is always a usable model.
     crate::weights::check_file(name, &tmp.path.join(WEIGHTS_FILE), &manifest)?;

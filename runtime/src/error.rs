@@ -114,6 +114,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// SageMaker MME's 507: the model does not fit the memory (or disk) budget, even after
+    /// unloading every model that may be unloaded.
+    #[error("model {name:?} needs {needed} bytes of {resource} but only {available} of the {budget}-byte budget can be made free ({reason})")]
+    InsufficientMemory {
+        name: String,
+        resource: &'static str,
+        needed: u64,
+        available: u64,
+        budget: u64,
+        reason: &'static str,
+    },
+    /// A load this request waited for failed; the loading request got the original error.
+    #[error("loading model {name:?} failed: {message}")]
+    LoadFailed {
+        name: String,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error("this build of edgemm has no {0} support (enable the cargo feature)")]
     Unsupported(&'static str),
     #[error("inference failed: {0}")]
@@ -128,6 +146,7 @@ pub enum ErrorKind {
     NotFound,
     BadArtifact,
     BadInput,
+    InsufficientMemory,
     Internal,
 }
 
@@ -138,6 +157,8 @@ impl Error {
             Error::ModelNotFound { .. } => ErrorKind::NotFound,
             Error::BadArtifact { .. } => ErrorKind::BadArtifact,
             Error::BadInput(_) => ErrorKind::BadInput,
+            Error::InsufficientMemory { .. } => ErrorKind::InsufficientMemory,
+            Error::LoadFailed { kind, .. } => *kind,
             Error::Io { .. } | Error::Unsupported(_) | Error::Inference(_) => ErrorKind::Internal,
         }
     }

@@ -211,6 +211,7 @@ pub fn http_status(error: &Error) -> u16 {
     match error.kind() {
         InvalidArgument | BadInput => 400,
         NotFound => 404,
+        InsufficientMemory => 507,
         BadArtifact | Internal => 500,
     }
 }

@@ -19,6 +19,7 @@
 //! ```
 
 pub mod artifact;
+pub mod cache;
 pub mod device;
 pub mod error;
 pub mod json;
@@ -29,6 +30,9 @@ mod runtime;
 pub mod weights;
 
 pub use artifact::{ArtifactLimits, ExtractedArtifact};
+pub use cache::{
+    CacheEvent, CacheMetrics, CacheOptions, Lease, ModelCache, ModelDescription, ModelState,
+};
 pub use device::DeviceChoice;
 pub use error::{ArtifactError, Error, ErrorKind, InputError, Result};
 pub use manifest::Manifest;

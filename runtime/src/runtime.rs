@@ -1,23 +1,21 @@
 //! [`Runtime`]: a model repository, a cache directory and the models loaded so far; the
 //! entry point for invoking a model by name.
 
-use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use edgemm_models::Classifier;
 use image::RgbImage;
 
-use crate::artifact::{self, ArtifactLimits, ExtractedArtifact};
+use crate::artifact::ArtifactLimits;
+use crate::cache::{CacheOptions, Lease, ModelCache};
 use crate::device::DeviceChoice;
 use crate::error::{Error, InputError, Result};
 use crate::manifest::{Manifest, OutputKind};
 use crate::preprocess::{self, ImageLimits};
-use crate::repository::{cache_dir_name, ModelRepository};
-use crate::weights;
+use crate::repository::ModelRepository;
+use crate::weights::LoadedWeights;
 
 /// How a [`Runtime`] is set up. `RuntimeOptions::new(repo)` gives the defaults.
 #[derive(Clone, Debug)]
@@ -31,6 +29,8 @@ pub struct RuntimeOptions {
     pub artifact_limits: ArtifactLimits,
     /// Labels returned per prediction.
     pub top_k: usize,
+    /// Memory and disk budgets, cache-disabled mode, warm-up.
+    pub cache: CacheOptions,
 }
 
 impl RuntimeOptions {
@@ -42,6 +42,7 @@ impl RuntimeOptions {
             image_limits: ImageLimits::default(),
             artifact_limits: ArtifactLimits::default(),
             top_k: 5,
+            cache: CacheOptions::default(),
         }
     }
 }
@@ -118,6 +119,27 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    pub(crate) fn new(
+        name: &str,
+        manifest: Manifest,
+        weights: LoadedWeights,
+        device: &Device,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            manifest,
+            network: weights.network,
+            device: device.clone(),
+            resident_bytes: weights.resident_bytes,
+        }
+    }
+
+    /// Runs one all-zero input, so lazily allocated buffers exist before the first request.
+    pub(crate) fn warm_up(&self) -> Result<()> {
+        let (h, w) = (self.manifest.input.height, self.manifest.input.width);
+        self.probabilities(vec![0.0; 3 * h * w], 1).map(drop)
+    }
+
     /// The network's raw output (`[N, classes]`, logits or probabilities as the manifest's
     /// `output` says) for a normalised `[N, 3, H, W]` batch.
     pub fn forward(&self, nchw: &Tensor) -> Result<Tensor> {
@@ -201,30 +223,11 @@ impl LoadedModel {
     }
 }
 
-/// Serves models from a repository by name. Shareable across threads (`&self` everywhere).
-///
-/// A model is extracted and loaded on its first request and stays loaded. The shared cache
-/// with memory and disk budgets (issue #4) replaces this simple map.
+/// Serves models from a repository by name through a shared [`ModelCache`]. `&self`
+/// everywhere: share one runtime between threads.
 pub struct Runtime {
     options: RuntimeOptions,
-    repository: ModelRepository,
-    device: Device,
-    models: Mutex<HashMap<String, Arc<LoadedModel>>>,
-    loading: Mutex<()>,
-}
-
-/// Written next to an extracted artifact: the source file's size and mtime when it was
-/// extracted. A mismatch means the repository's artifact changed and must be extracted again.
-const SOURCE_STAMP: &str = "source.stamp";
-
-fn source_stamp(path: &Path) -> Result<String> {
-    let meta = fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .unwrap_or_default();
-    Ok(format!("{} {}", meta.len(), mtime.as_nanos()))
+    cache: ModelCache,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -234,15 +237,14 @@ fn micros(d: Duration) -> u64 {
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self> {
         let device = options.device.open()?;
-        fs::create_dir_all(&options.cache_dir)
-            .map_err(|e| Error::io("creating cache directory", &options.cache_dir, e))?;
-        Ok(Self {
-            repository: ModelRepository::new(&options.repository),
-            options,
+        let cache = ModelCache::new(
+            ModelRepository::new(&options.repository),
+            &options.cache_dir,
             device,
-            models: Mutex::new(HashMap::new()),
-            loading: Mutex::new(()),
-        })
+            options.artifact_limits,
+            options.cache.clone(),
+        )?;
+        Ok(Self { options, cache })
     }
 
     pub fn options(&self) -> &RuntimeOptions {
@@ -250,61 +252,17 @@ impl Runtime {
     }
 
     pub fn repository(&self) -> &ModelRepository {
-        &self.repository
+        self.cache.repository()
     }
 
-    /// The loaded model called `name`, extracting and loading it on first use.
-    pub fn model(&self, name: &str) -> Result<Arc<LoadedModel>> {
-        if let Some(model) = self.lock_models().get(name) {
-            return Ok(model.clone());
-        }
-        // One load at a time: two first requests for a model must not both extract it into
-        // the same directory. Loaded models keep answering meanwhile.
-        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = self.lock_models().get(name) {
-            return Ok(model.clone());
-        }
-        let model = Arc::new(self.load_model(name)?);
-        self.lock_models().insert(name.to_string(), model.clone());
-        Ok(model)
+    /// The model cache: load, unload, pin, list, describe, metrics.
+    pub fn cache(&self) -> &ModelCache {
+        &self.cache
     }
 
-    fn lock_models(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedModel>>> {
-        // A panic while holding the lock leaves the map itself consistent.
-        self.models.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn load_model(&self, name: &str) -> Result<LoadedModel> {
-        let source = self.repository.resolve(name)?;
-        let dest = self
-            .options
-            .cache_dir
-            .join("models")
-            .join(cache_dir_name(name));
-        let stamp = source_stamp(&source)?;
-        let extracted = match fs::read_to_string(dest.join(SOURCE_STAMP)) {
-            Ok(s) if s == stamp => ExtractedArtifact::open(name, &dest)?,
-            _ => {
-                let extracted =
-                    artifact::extract(name, &source, &dest, self.options.artifact_limits)?;
-                fs::write(dest.join(SOURCE_STAMP), &stamp)
-                    .map_err(|e| Error::io("writing", dest.join(SOURCE_STAMP), e))?;
-                extracted
-            }
-        };
-        let loaded = weights::load(
-            name,
-            &extracted.weights_path(),
-            &extracted.manifest,
-            &self.device,
-        )?;
-        Ok(LoadedModel {
-            name: name.to_string(),
-            manifest: extracted.manifest,
-            network: loaded.network,
-            device: self.device.clone(),
-            resident_bytes: loaded.resident_bytes,
-        })
+    /// The model called `name`, loaded on first use and kept in memory while the lease lives.
+    pub fn model(&self, name: &str) -> Result<Lease<'_>> {
+        self.cache.lease(name)
     }
 
     /// Runs model `name` on one input (which may itself be a batch of tensors).
@@ -315,7 +273,7 @@ impl Runtime {
     /// Runs model `name` on several inputs as one batch.
     pub fn invoke_batch(&self, name: &str, inputs: &[Input<'_>]) -> Result<Response> {
         let start = Instant::now();
-        let model = self.model(name)?;
+        let model = self.cache.lease(name)?;
         let loaded = Instant::now();
         let (data, n) = model.batch(inputs, &self.options.image_limits)?;
         let prepared = Instant::now();

@@ -99,6 +99,18 @@ fn check(label: &str, st: &MmapedSafetensors, manifest: &Manifest) -> Result<Vec
     Ok(infos)
 }
 
+/// The bytes a model will hold once loaded (its tensors in f32), read from the header alone.
+pub fn estimate_resident_bytes(label: &str, path: &Path, manifest: &Manifest) -> Result<u64> {
+    Ok(resident_bytes(&check_file(label, path, manifest)?))
+}
+
+fn resident_bytes(infos: &[TensorInfo]) -> u64 {
+    infos
+        .iter()
+        .map(|t| 4 * t.shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
 /// A network ready to run and the bytes its weights hold once loaded.
 pub struct LoadedWeights {
     pub network: Box<dyn Classifier>,
@@ -121,12 +133,8 @@ pub fn load(
     let network = arch
         .build(&manifest.config, vb)
         .map_err(|e| Error::artifact(label, ArtifactError::from(e)))?;
-    let resident_bytes = infos
-        .iter()
-        .map(|t| 4 * t.shape.iter().product::<usize>() as u64)
-        .sum();
     Ok(LoadedWeights {
         network,
-        resident_bytes,
+        resident_bytes: resident_bytes(&infos),
     })
 }

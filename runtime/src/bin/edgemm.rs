@@ -17,6 +17,18 @@ struct Cli {
     /// Where artifacts are extracted [default: $EDGEMM_CACHE_DIR, else ~/.cache/edgemm]
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
+    /// Memory budget for loaded models, MiB
+    #[arg(long, global = true, default_value_t = 1024)]
+    memory_budget_mb: u64,
+    /// Disk budget for extracted copies, MiB
+    #[arg(long, global = true, default_value_t = 4096)]
+    disk_budget_mb: u64,
+    /// Unload each model after its request (SageMaker's ModelCacheSetting=Disabled)
+    #[arg(long, global = true)]
+    no_model_cache: bool,
+    /// Print the cache metrics (JSON, SageMaker MME names) to stderr at the end
+    #[arg(long, global = true)]
+    stats: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +77,14 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Show the model cache as JSON: every model of the repository, what is on disk, metrics
+    Stats {
+        #[arg(long, default_value = "models/repository")]
+        repo: PathBuf,
+        /// Load these models first (e.g. to see their memory size)
+        #[arg(long)]
+        load: Vec<String>,
+    },
     /// Answer a TF Serving JSON request ({"instances": ...} or {"inputs": ...})
     Invoke {
         #[arg(long, default_value = "models/repository")]
@@ -77,13 +97,37 @@ enum Command {
     },
 }
 
-fn runtime(repo: &Path, cache_dir: Option<PathBuf>, top_k: usize) -> edgemm::Result<Runtime> {
-    let mut options = RuntimeOptions::new(repo);
-    if let Some(dir) = cache_dir {
-        options.cache_dir = dir;
+/// The runtime options the global flags describe.
+struct Settings {
+    cache_dir: Option<PathBuf>,
+    memory_budget_mb: u64,
+    disk_budget_mb: u64,
+    no_model_cache: bool,
+    stats: bool,
+}
+
+impl Settings {
+    fn runtime(&self, repo: &Path, top_k: usize) -> edgemm::Result<Runtime> {
+        let mut options = RuntimeOptions::new(repo);
+        if let Some(dir) = &self.cache_dir {
+            options.cache_dir = dir.clone();
+        }
+        options.top_k = top_k;
+        options.cache.memory_budget = self.memory_budget_mb.saturating_mul(1 << 20);
+        options.cache.disk_budget = self.disk_budget_mb.saturating_mul(1 << 20);
+        options.cache.caching = !self.no_model_cache;
+        Runtime::new(options)
     }
-    options.top_k = top_k;
-    Runtime::new(options)
+
+    fn report(&self, runtime: &Runtime) {
+        if self.stats {
+            let metrics = runtime.cache().metrics();
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&metrics).unwrap_or_default()
+            );
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,6 +149,13 @@ fn main() -> ExitCode {
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn run(cli: Cli) -> AnyResult<ExitCode> {
+    let settings = Settings {
+        cache_dir: cli.cache_dir,
+        memory_budget_mb: cli.memory_budget_mb,
+        disk_budget_mb: cli.disk_budget_mb,
+        no_model_cache: cli.no_model_cache,
+        stats: cli.stats,
+    };
     match cli.command {
         Command::Pack {
             manifest,
@@ -112,15 +163,16 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
             random_seed,
             output,
         } => pack(&manifest, weights.as_deref(), random_seed, &output),
-        Command::Inspect { artifact, json } => inspect(&artifact, cli.cache_dir, json),
+        Command::Inspect { artifact, json } => inspect(&artifact, settings.cache_dir, json),
         Command::Predict {
             repo,
             model,
             top_k,
             json,
             images,
-        } => predict(&repo, cli.cache_dir, &model, top_k, json, &images),
-        Command::Invoke { repo, model, body } => invoke(&repo, cli.cache_dir, &model, &body),
+        } => predict(&settings, &repo, &model, top_k, json, &images),
+        Command::Invoke { repo, model, body } => invoke(&settings, &repo, &model, &body),
+        Command::Stats { repo, load } => stats(&settings, &repo, &load),
     }
 }
 
@@ -277,14 +329,14 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
 }
 
 fn predict(
+    settings: &Settings,
     repo: &Path,
-    cache_dir: Option<PathBuf>,
     model: &str,
     top_k: usize,
     as_json: bool,
     images: &[PathBuf],
 ) -> AnyResult<ExitCode> {
-    let runtime = runtime(repo, cache_dir, top_k)?;
+    let runtime = settings.runtime(repo, top_k)?;
     let mut failures = 0;
     for path in images {
         let result = read(path).and_then(|bytes| {
@@ -327,6 +379,7 @@ fn predict(
             }
         }
     }
+    settings.report(&runtime);
     Ok(if failures == 0 {
         ExitCode::SUCCESS
     } else {
@@ -334,12 +387,23 @@ fn predict(
     })
 }
 
-fn invoke(
-    repo: &Path,
-    cache_dir: Option<PathBuf>,
-    model: &str,
-    body: &Path,
-) -> AnyResult<ExitCode> {
+fn stats(settings: &Settings, repo: &Path, load: &[String]) -> AnyResult<ExitCode> {
+    let runtime = settings.runtime(repo, 5)?;
+    for name in load {
+        runtime.cache().load(name)?;
+    }
+    let cache = runtime.cache();
+    let report = serde_json::json!({
+        "repository": repo.display().to_string(),
+        "cache_dir": runtime.options().cache_dir.display().to_string(),
+        "models": cache.list()?,
+        "metrics": cache.metrics(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invoke(settings: &Settings, repo: &Path, model: &str, body: &Path) -> AnyResult<ExitCode> {
     let body = if body == Path::new("-") {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -349,7 +413,11 @@ fn invoke(
     } else {
         read(body)?
     };
-    let result = runtime(repo, cache_dir, 5).and_then(|rt| json::invoke_json(&rt, model, &body));
+    let result = settings.runtime(repo, 5).and_then(|rt| {
+        let answer = json::invoke_json(&rt, model, &body);
+        settings.report(&rt);
+        answer
+    });
     match result {
         Ok(value) => {
             println!("{value}");
