@@ -632,8 +632,8 @@ fn processes_sharing_a_cache_directory_do_not_collide() {
     assert_eq!(dirs, strings(&["m00.tar.gz", "m01.tar.gz", "m02.tar.gz"]));
     // And the copies are intact: a new cache adopts and loads them without extracting.
     let cache = repo.cache(repo.options(3));
-    for i in 0..3 {
-        assert_eq!(answer(&cache, &name(i)), expected[i]);
+    for (i, expected) in expected.iter().enumerate() {
+        assert_eq!(&answer(&cache, &name(i)), expected);
     }
     assert!(!script(&cache.take_events())
         .iter()
