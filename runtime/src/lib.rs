@@ -22,6 +22,7 @@ pub mod artifact;
 pub mod cache;
 pub mod device;
 pub mod error;
+pub mod ffi;
 pub mod json;
 pub mod manifest;
 pub mod preprocess;

@@ -1,0 +1,294 @@
+/*
+ * Tests of the C API: every error path returns its status and a message, outputs are written
+ * only on success, free(NULL) is a no-op, a forced panic comes back as EDGEMM_ERR_PANIC, and
+ * 8 threads invoking one runtime at once all get the right answers.
+ *
+ *   test_edgemm TINY_REPOSITORY CACHE_DIR
+ *
+ * TINY_REPOSITORY holds tiny.tar.gz (an 8x8 alexnet-small), big.tar.gz (a larger one) and
+ * corrupt.tar.gz (not a gzip file); run-tests.sh makes them. Prints "N passed, M failed".
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgemm.h"
+
+static int passed = 0;
+static int failed = 0;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (cond) {                                                                   \
+            passed++;                                                                 \
+        } else {                                                                      \
+            failed++;                                                                 \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__,    \
+                    __LINE__, #cond, edgemm_last_error_message());                    \
+        }                                                                             \
+    } while (0)
+
+#define CHECK_STATUS(call, expected, needle)                                          \
+    do {                                                                              \
+        edgemm_status s_ = (call);                                                    \
+        CHECK(s_ == (expected));                                                      \
+        CHECK(strstr(edgemm_last_error_message(), (needle)) != NULL);                 \
+    } while (0)
+
+static const char *repo;
+static const char *cache_dir;
+
+static edgemm_runtime *new_runtime(uint64_t memory_budget) {
+    edgemm_runtime_options o = edgemm_runtime_default_options();
+    o.repository = repo;
+    o.cache_dir = cache_dir;
+    o.memory_budget_bytes = memory_budget;
+    o.memory_wait_ms = 1;
+    edgemm_runtime *rt = NULL;
+    edgemm_status s = edgemm_runtime_new(&o, &rt);
+    CHECK(s == EDGEMM_OK && rt != NULL);
+    return rt;
+}
+
+/* An 8x8x3 tensor whose values depend on `seed`. */
+static void fill(float *data, int seed) {
+    for (int i = 0; i < 8 * 8 * 3; i++) {
+        data[i] = (float)((i * 7 + seed * 13) % 255) / 255.0f;
+    }
+}
+
+static void test_version(void) {
+    char expected[64];
+    snprintf(expected, sizeof expected, "%d.%d.%d", EDGEMM_VERSION_MAJOR, EDGEMM_VERSION_MINOR,
+             EDGEMM_VERSION_PATCH);
+    CHECK(strcmp(edgemm_version(), expected) == 0);
+}
+
+static void test_null_arguments(void) {
+    edgemm_runtime_options o = edgemm_runtime_default_options();
+    edgemm_runtime *rt = (edgemm_runtime *)0x1; /* must stay untouched on failure */
+    CHECK_STATUS(edgemm_runtime_new(NULL, &rt), EDGEMM_ERR_INVALID_ARGUMENT, "options is NULL");
+    CHECK_STATUS(edgemm_runtime_new(&o, &rt), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "options->repository is NULL");
+    CHECK(rt == (edgemm_runtime *)0x1);
+    o.repository = repo;
+    CHECK_STATUS(edgemm_runtime_new(&o, NULL), EDGEMM_ERR_INVALID_ARGUMENT, "out is NULL");
+
+    edgemm_runtime *real = new_runtime(0);
+    edgemm_result *result = (edgemm_result *)0x1;
+    float data[8 * 8 * 3];
+    size_t shape[3] = {8, 8, 3};
+    fill(data, 0);
+    CHECK_STATUS(edgemm_invoke_tensor(NULL, "tiny.tar.gz", data, shape, 3, &result),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "runtime is NULL");
+    CHECK_STATUS(edgemm_invoke_tensor(real, NULL, data, shape, 3, &result),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "model is NULL");
+    CHECK_STATUS(edgemm_invoke_tensor(real, "tiny.tar.gz", NULL, shape, 3, &result),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "data is NULL");
+    CHECK_STATUS(edgemm_invoke_tensor(real, "tiny.tar.gz", data, shape, 3, NULL),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "out is NULL");
+    CHECK_STATUS(edgemm_invoke_image(real, "tiny.tar.gz", NULL, 10, &result),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    CHECK(result == (edgemm_result *)0x1);
+    CHECK_STATUS(edgemm_runtime_metrics(real, NULL), EDGEMM_ERR_INVALID_ARGUMENT, "out is NULL");
+    CHECK_STATUS(edgemm_model_load(real, NULL), EDGEMM_ERR_INVALID_ARGUMENT, "model is NULL");
+    CHECK_STATUS(edgemm_model_describe(real, "tiny.tar.gz", NULL), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "out is NULL");
+    edgemm_runtime_free(real);
+}
+
+static void test_free_null_is_a_no_op(void) {
+    edgemm_runtime_free(NULL);
+    edgemm_result_free(NULL);
+    edgemm_string_free(NULL);
+    edgemm_model_list_free(NULL);
+    CHECK(1);
+}
+
+static void test_error_paths(void) {
+    edgemm_runtime *rt = new_runtime(0);
+    edgemm_result *result = NULL;
+    float data[8 * 8 * 3];
+    size_t shape[3] = {8, 8, 3};
+    fill(data, 0);
+
+    CHECK_STATUS(edgemm_invoke_tensor(rt, "nope.tar.gz", data, shape, 3, &result),
+                 EDGEMM_ERR_NOT_FOUND, "not found");
+    CHECK_STATUS(edgemm_invoke_tensor(rt, "../escape.tar.gz", data, shape, 3, &result),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "..");
+    CHECK_STATUS(edgemm_invoke_tensor(rt, "corrupt.tar.gz", data, shape, 3, &result),
+                 EDGEMM_ERR_BAD_ARTIFACT, "gzip");
+
+    const unsigned char gif[] = "GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+    CHECK_STATUS(edgemm_invoke_image(rt, "tiny.tar.gz", gif, sizeof gif, &result),
+                 EDGEMM_ERR_BAD_INPUT, "only PNG and JPEG");
+    const unsigned char garbage[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 1, 2, 3};
+    CHECK_STATUS(edgemm_invoke_image(rt, "tiny.tar.gz", garbage, sizeof garbage, &result),
+                 EDGEMM_ERR_BAD_INPUT, "decoded");
+    size_t bad_shape[3] = {8, 8, 1};
+    CHECK_STATUS(edgemm_invoke_tensor(rt, "tiny.tar.gz", data, bad_shape, 3, &result),
+                 EDGEMM_ERR_BAD_INPUT, "shape");
+    const char *both = "{\"instances\": [], \"inputs\": []}";
+    char *json = NULL;
+    CHECK_STATUS(edgemm_invoke_json(rt, "tiny.tar.gz", both, strlen(both), &json),
+                 EDGEMM_ERR_BAD_INPUT, "both");
+    CHECK(json == NULL);
+    CHECK(result == NULL);
+    edgemm_runtime_free(rt);
+
+    /* Too big for the budget: 507's equivalent, and the small model keeps serving. */
+    rt = new_runtime(8192);
+    CHECK_STATUS(edgemm_model_load(rt, "big.tar.gz"), EDGEMM_ERR_INSUFFICIENT_MEMORY,
+                 "larger than the whole budget");
+    CHECK(edgemm_invoke_tensor(rt, "tiny.tar.gz", data, shape, 3, &result) == EDGEMM_OK);
+    CHECK(strcmp(edgemm_last_error_message(), "") == 0);
+    edgemm_result_free(result);
+    edgemm_runtime_free(rt);
+}
+
+static void test_results_and_cache_verbs(void) {
+    edgemm_runtime *rt = new_runtime(0);
+    float data[8 * 8 * 3];
+    size_t shape[4] = {2, 8, 8, 3};
+    float batch[2 * 8 * 8 * 3];
+    fill(batch, 1);
+    fill(batch + 8 * 8 * 3, 2);
+    fill(data, 1);
+    edgemm_result *result = NULL;
+    CHECK(edgemm_invoke_tensor(rt, "tiny.tar.gz", batch, shape, 4, &result) == EDGEMM_OK);
+    CHECK(result->batch_size == 2);
+    for (uint32_t b = 0; b < result->batch_size; b++) {
+        const edgemm_prediction *p = &result->predictions[b];
+        float sum = 0;
+        for (uint32_t c = 0; c < p->num_classes; c++) {
+            sum += p->probabilities[c];
+        }
+        CHECK(p->num_classes == 10 && sum > 0.999f && sum < 1.001f);
+        CHECK(p->top_k_len == 5 && p->top_k[0].probability >= p->top_k[1].probability);
+        CHECK(p->probabilities[p->top_k[0].index] == p->top_k[0].probability);
+        CHECK(strlen(p->top_k[0].label) > 0);
+    }
+    edgemm_result_free(result);
+
+    char *json = NULL;
+    char body[8192];
+    size_t n = (size_t)snprintf(body, sizeof body, "{\"instances\": [[");
+    for (int y = 0; y < 8; y++) {
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s[", y ? "," : "");
+        for (int x = 0; x < 8; x++) {
+            const float *px = &data[(y * 8 + x) * 3];
+            n += (size_t)snprintf(body + n, sizeof body - n, "%s[%f,%f,%f]", x ? "," : "",
+                                  (double)px[0], (double)px[1], (double)px[2]);
+        }
+        n += (size_t)snprintf(body + n, sizeof body - n, "]");
+    }
+    n += (size_t)snprintf(body + n, sizeof body - n, "]]}");
+    CHECK(edgemm_invoke_json(rt, "tiny.tar.gz", body, n, &json) == EDGEMM_OK);
+    CHECK(json != NULL && strncmp(json, "{\"predictions\":[[", 17) == 0);
+    edgemm_string_free(json);
+
+    edgemm_model_info info;
+    CHECK(edgemm_model_pin(rt, "tiny.tar.gz") == EDGEMM_OK);
+    CHECK(edgemm_model_describe(rt, "tiny.tar.gz", &info) == EDGEMM_OK);
+    CHECK(info.state == EDGEMM_MODEL_LOADED && info.pinned == 1 && info.memory_bytes > 0);
+    CHECK(info.invocations == 2 && info.loads == 1);
+    CHECK(edgemm_model_unpin(rt, "tiny.tar.gz") == EDGEMM_OK);
+    CHECK(edgemm_model_unload(rt, "tiny.tar.gz") == EDGEMM_OK);
+    CHECK(edgemm_model_describe(rt, "tiny.tar.gz", &info) == EDGEMM_OK);
+    CHECK(info.state == EDGEMM_MODEL_UNLOADED && info.memory_bytes == 0 && info.disk_bytes > 0);
+    CHECK(edgemm_model_load(rt, "tiny.tar.gz") == EDGEMM_OK);
+
+    edgemm_model_list *list = NULL;
+    CHECK(edgemm_model_list_new(rt, &list) == EDGEMM_OK);
+    CHECK(list->len == 3);
+    CHECK(strcmp(list->names[0], "big.tar.gz") == 0 && strcmp(list->names[2], "tiny.tar.gz") == 0);
+    edgemm_model_list_free(list);
+
+    edgemm_metrics m;
+    CHECK(edgemm_runtime_metrics(rt, &m) == EDGEMM_OK);
+    CHECK(m.requests == 2 && m.loaded_model_count == 1 && m.model_loading_time.count == 2);
+    CHECK(m.memory_used_bytes > 0 && m.memory_used_bytes <= m.memory_budget_bytes);
+    edgemm_runtime_free(rt);
+}
+
+static void test_panic_boundary(void) {
+    CHECK_STATUS(edgemm_debug_force_panic(), EDGEMM_ERR_PANIC, "panic");
+    /* The process keeps running and the library keeps working. */
+    edgemm_runtime *rt = new_runtime(0);
+    CHECK(edgemm_model_load(rt, "tiny.tar.gz") == EDGEMM_OK);
+    edgemm_runtime_free(rt);
+}
+
+#define THREADS 8
+#define ROUNDS 25
+
+struct job {
+    edgemm_runtime *rt;
+    int seed;
+    float expected[10];
+    int wrong;
+};
+
+static void *worker(void *arg) {
+    struct job *job = arg;
+    float data[8 * 8 * 3];
+    size_t shape[3] = {8, 8, 3};
+    fill(data, job->seed);
+    for (int r = 0; r < ROUNDS; r++) {
+        edgemm_result *result = NULL;
+        if (edgemm_invoke_tensor(job->rt, "tiny.tar.gz", data, shape, 3, &result) != EDGEMM_OK) {
+            job->wrong++;
+            continue;
+        }
+        if (memcmp(result->predictions[0].probabilities, job->expected, sizeof job->expected)) {
+            job->wrong++;
+        }
+        edgemm_result_free(result);
+    }
+    return NULL;
+}
+
+static void test_concurrent_invokes(void) {
+    edgemm_runtime *rt = new_runtime(0);
+    struct job jobs[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        float data[8 * 8 * 3];
+        size_t shape[3] = {8, 8, 3};
+        edgemm_result *result = NULL;
+        jobs[t].rt = rt;
+        jobs[t].seed = t;
+        jobs[t].wrong = 0;
+        fill(data, t);
+        CHECK(edgemm_invoke_tensor(rt, "tiny.tar.gz", data, shape, 3, &result) == EDGEMM_OK);
+        memcpy(jobs[t].expected, result->predictions[0].probabilities, sizeof jobs[t].expected);
+        edgemm_result_free(result);
+    }
+    pthread_t threads[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        CHECK(pthread_create(&threads[t], NULL, worker, &jobs[t]) == 0);
+    }
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(threads[t], NULL);
+        CHECK(jobs[t].wrong == 0);
+    }
+    edgemm_runtime_free(rt);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s TINY_REPOSITORY CACHE_DIR\n", argv[0]);
+        return 2;
+    }
+    repo = argv[1];
+    cache_dir = argv[2];
+    test_version();
+    test_null_arguments();
+    test_free_null_is_a_no_op();
+    test_error_paths();
+    test_results_and_cache_verbs();
+    test_panic_boundary();
+    test_concurrent_invokes();
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
