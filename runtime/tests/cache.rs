@@ -71,9 +71,14 @@ impl Repo {
     }
 
     fn cache(&self, options: CacheOptions) -> ModelCache {
+        self.cache_at(&self.cache_dir(), options)
+    }
+
+    /// A cache over this repository with its copies somewhere else.
+    fn cache_at(&self, cache_dir: &std::path::Path, options: CacheOptions) -> ModelCache {
         ModelCache::new(
             ModelRepository::new(self.repo()),
-            &self.cache_dir(),
+            cache_dir,
             Device::Cpu,
             ArtifactLimits::default(),
             options,
@@ -108,14 +113,7 @@ fn answer(cache: &ModelCache, name: &str) -> Vec<f32> {
 /// Reference answers, from a cache with room for everything.
 fn reference_answers(repo: &Repo, n: usize) -> Vec<Vec<f32>> {
     let dir = tempfile::tempdir().unwrap();
-    let cache = ModelCache::new(
-        ModelRepository::new(repo.repo()),
-        dir.path(),
-        Device::Cpu,
-        ArtifactLimits::default(),
-        CacheOptions::default(),
-    )
-    .unwrap();
+    let cache = repo.cache_at(dir.path(), CacheOptions::default());
     (0..n).map(|i| answer(&cache, &name(i))).collect()
 }
 
