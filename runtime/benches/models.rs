@@ -1,0 +1,149 @@
+//! edgemm's side of the ONNX Runtime comparison (issue #8): batch-1 and batch-8 latency of each
+//! model, warm, median of `--runs`. Also writes, for `models/reference/bench_ort.py`, each
+//! model's exact weights (safetensors), its architecture and config (JSON), and a check sample
+//! (input and edgemm's logits) so the ONNX graph is verified to compute the same function.
+//!
+//! Run both sides at once with `bash runtime/benches/vs-onnxruntime.sh`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+struct Model {
+    name: &'static str,
+    architecture: &'static str,
+    config: serde_json::Value,
+    size: (usize, usize),
+    /// `None`: seeded random weights; `Some(artifact)`: the shipped artifact's weights.
+    artifact: Option<&'static str>,
+}
+
+fn models() -> Vec<Model> {
+    vec![
+        Model {
+            name: "alexnet-small",
+            architecture: "alexnet-small",
+            config: serde_json::json!({}),
+            size: (32, 32),
+            artifact: None,
+        },
+        Model {
+            name: "efficientnet-lite0",
+            architecture: "efficientnet-lite0",
+            config: serde_json::json!({}),
+            size: (224, 224),
+            artifact: Some("efficientnet-lite0.tar.gz"),
+        },
+        Model {
+            name: "vgg16",
+            architecture: "vgg16",
+            config: serde_json::json!({ "classes": 10 }),
+            size: (224, 224),
+            artifact: None,
+        },
+    ]
+}
+
+fn weights(model: &Model, work: &Path) -> HashMap<String, Tensor> {
+    match model.artifact {
+        None => {
+            let arch = edgemm_models::architecture(model.architecture).unwrap();
+            let specs = arch.tensor_specs(&model.config).unwrap();
+            edgemm_models::init::seeded_weights(&specs, 7, &Device::Cpu).unwrap()
+        }
+        Some(artifact) => {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models/repository")
+                .join(artifact);
+            let extracted = edgemm::artifact::extract(
+                artifact,
+                &source,
+                &work.join(format!("{}.extracted", model.name)),
+                Default::default(),
+            )
+            .unwrap();
+            candle_core::safetensors::load(extracted.weights_path(), &Device::Cpu).unwrap()
+        }
+    }
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let work = PathBuf::from(value("--work").unwrap_or_else(|| "target/bench-ort".into()));
+    let runs: usize = value("--runs").map_or(20, |r| r.parse().unwrap());
+    let only = value("--models");
+    std::fs::create_dir_all(&work).unwrap();
+    for model in models() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|m| m == model.name))
+        {
+            continue;
+        }
+        let tensors = weights(&model, &work);
+        candle_core::safetensors::save(&tensors, work.join(format!("{}.safetensors", model.name)))
+            .unwrap();
+        let meta = serde_json::json!({
+            "architecture": model.architecture,
+            "config": model.config,
+            "height": model.size.0,
+            "width": model.size.1,
+        });
+        std::fs::write(work.join(format!("{}.json", model.name)), meta.to_string()).unwrap();
+
+        let arch = edgemm_models::architecture(model.architecture).unwrap();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let net = arch.build(&model.config, vb).unwrap();
+        let (h, w) = model.size;
+        // The check sample: a fixed input and edgemm's logits for it.
+        let n = 2 * 3 * h * w;
+        let input: Vec<f32> = edgemm_models::init::uniform("bench-input", n, 1)
+            .map(|u| (2.0 * u - 1.0) as f32)
+            .collect();
+        let x = Tensor::from_vec(input, (2, 3, h, w), &Device::Cpu).unwrap();
+        let logits = net.forward(&x).unwrap();
+        let check: HashMap<String, Tensor> =
+            [("input".to_string(), x), ("logits".to_string(), logits)].into();
+        candle_core::safetensors::save(
+            &check,
+            work.join(format!("{}.check.safetensors", model.name)),
+        )
+        .unwrap();
+
+        for batch in [1usize, 8] {
+            let x = Tensor::zeros((batch, 3, h, w), DType::F32, &Device::Cpu).unwrap();
+            net.forward(&x).unwrap();
+            let times: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    net.forward(&x).unwrap();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "runtime": "edgemm",
+                    "model": model.name,
+                    "batch": batch,
+                    "median_ms": median_ms(times),
+                    "runs": runs,
+                })
+            );
+        }
+    }
+}
