@@ -571,7 +571,7 @@ fn list_and_describe() {
 #[test]
 fn processes_sharing_a_cache_directory_do_not_collide() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let repo = Repo::new(3);
     let expected = reference_answers(&repo, 3);
     let values: Vec<f32> = input();
@@ -582,7 +582,7 @@ fn processes_sharing_a_cache_directory_do_not_collide() {
     let body = serde_json::json!({ "instances": [rows] }).to_string();
     let children: Vec<_> = (0..6)
         .map(|i| {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_edgemm"))
+            let mut child = common::cli()
                 .arg("--cache-dir")
                 .arg(repo.cache_dir())
                 .args(["invoke", "--model", &name(i % 3), "--repo"])

@@ -133,10 +133,10 @@ fn b64_images_are_classified() {
 #[test]
 fn cli_invoke_answers_json() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let fx = Fixture::cifar();
     let run = |body: String| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edgemm"))
+        let mut child = common::cli()
             .arg("--cache-dir")
             .arg(fx.cache())
             .args(["invoke", "--model", "cifar.tar.gz", "--repo"])

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use edgemm::{Input, Runtime, RuntimeOptions};
 
 /// Photo and its reference top-1 (the first name of the ImageNet label).
@@ -45,7 +43,7 @@ fn api_gives_reference_top1_for_all_five_photos() {
 #[test]
 fn cli_predict_gives_reference_top1_for_all_five_photos() {
     let cache = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgemm"));
+    let mut cmd = common::cli();
     cmd.arg("--cache-dir")
         .arg(cache.path())
         .args([
@@ -84,7 +82,7 @@ fn cli_predict_gives_reference_top1_for_all_five_photos() {
 #[test]
 fn cli_reports_a_missing_model_clearly() {
     let cache = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_edgemm"))
+    let out = common::cli()
         .arg("--cache-dir")
         .arg(cache.path())
         .args(["predict", "--model", "nope.tar.gz", "--repo"])

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use edgemm::manifest::{
     InputSpec, Layout, Manifest, OutputKind, ResizeMode, TensorValues, WeightsSpec,
@@ -110,5 +111,21 @@ impl Fixture {
 
     pub fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
+    }
+}
+
+/// A command running the `edgemm` CLI built with these tests. When the tests themselves run
+/// under an emulator (cross/test.sh sets `EDGEMM_TEST_RUNNER`, e.g. `qemu-aarch64 -L ...`),
+/// the CLI is started through it too: without binfmt_misc the kernel cannot exec an ARM binary.
+pub fn cli() -> Command {
+    let bin = env!("CARGO_BIN_EXE_edgemm");
+    match std::env::var("EDGEMM_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().expect("non-empty"));
+            cmd.args(parts).arg(bin);
+            cmd
+        }
+        _ => Command::new(bin),
     }
 }
