@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver, Sender, TryRecvError};
 
 use crate::error::{Error, InputError, Result};
 use crate::manifest::InputSpec;
@@ -414,6 +414,11 @@ fn worker(shared: &Shared, stop: &Receiver<()>) {
             },
             recv(stop) -> _ => return,
         };
+        // `select!` picks at random among ready channels: a frame taken after close began is
+        // left unprocessed, as `close` promises.
+        if stop.try_recv() == Err(TryRecvError::Disconnected) {
+            return;
+        }
         let (sequence, timestamp_us) = (owned.sequence, owned.timestamp_us);
         let t0 = Instant::now();
         let converted = buffers.convert(&owned.as_frame(), options.yuv_range, options.roi);
