@@ -84,7 +84,7 @@ fn harness(delay: Duration, gated: bool, fail: bool, options: PipelineOptions) -
                 sequence: r.sequence,
                 digit: r.digit,
             },
-            PipelineEvent::SignChanged(c) => Seen::Changed(c.digit),
+            PipelineEvent::SignChanged { change, .. } => Seen::Changed(change.digit),
             PipelineEvent::Error { error, .. } => Seen::Error(error.to_string()),
         };
         let _ = tx.send(seen);

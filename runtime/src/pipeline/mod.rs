@@ -21,7 +21,7 @@
 //! let runtime = Arc::new(Runtime::new(RuntimeOptions::new("models/repository"))?);
 //! let model = Arc::new(RuntimeModel::new(runtime, "sign-language.tar.gz")?);
 //! let pipeline = Pipeline::new(model, PipelineOptions::default(), |event: &PipelineEvent<'_>| {
-//!     if let PipelineEvent::SignChanged(change) = event {
+//!     if let PipelineEvent::SignChanged { change, .. } = event {
 //!         println!("digit {:?} ({:.2})", change.digit, change.confidence);
 //!     }
 //! })?;
@@ -149,7 +149,11 @@ pub struct FrameResult<'a> {
 #[derive(Debug)]
 pub enum PipelineEvent<'a> {
     Frame(FrameResult<'a>),
-    SignChanged(SignChanged),
+    /// The shown digit changed on frame `sequence`.
+    SignChanged {
+        change: SignChanged,
+        sequence: u64,
+    },
     /// A frame could not be classified; the pipeline goes on with the next.
     Error {
         sequence: u64,
@@ -483,7 +487,7 @@ fn worker(shared: &Shared, stop: &Receiver<()>) {
             (delivery.callback)(&PipelineEvent::Frame(result));
         }
         if let Some(change) = smoothed.and_then(|s| s.changed) {
-            (delivery.callback)(&PipelineEvent::SignChanged(change));
+            (delivery.callback)(&PipelineEvent::SignChanged { change, sequence });
         }
         drop(delivery);
         let mut r = shared.recorder.lock().unwrap_or_else(|e| e.into_inner());
