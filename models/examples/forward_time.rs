@@ -21,5 +21,8 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    println!("efficientnet-lite0 batch 1: median {:.1} ms (min {:.1})", times[4], times[0]);
+    println!(
+        "efficientnet-lite0 batch 1: median {:.1} ms (min {:.1})",
+        times[4], times[0]
+    );
 }
