@@ -256,7 +256,8 @@ typedef struct edgemm_model_list {
 typedef struct edgemm_pipeline_options {
   // Inference worker threads, at least 1. Default 1.
   uint32_t workers;
-  // An `edgemm_yuv_range` value. Default EDGEMM_YUV_LIMITED.
+  // An `edgemm_yuv_range` value (read as a plain uint32_t; anything else is
+  // EDGEMM_ERR_INVALID_ARGUMENT). Default EDGEMM_YUV_LIMITED.
   edgemm_yuv_range yuv_range;
   // Region of each frame to classify, pixels. `roi_width` or `roi_height` 0 = the whole
   // frame (the default); otherwise frames the region does not fit are EDGEMM_ERR_BAD_INPUT.
@@ -333,7 +334,8 @@ typedef struct edgemm_frame {
   // Pixels, at least 1 each.
   uint32_t width;
   uint32_t height;
-  // An `edgemm_pixel_format` value; anything else is EDGEMM_ERR_BAD_INPUT.
+  // An `edgemm_pixel_format` value; anything else is EDGEMM_ERR_BAD_INPUT. (edgemm reads
+  // this field as a plain uint32_t, so any value is safe to pass.)
   edgemm_pixel_format format;
   // Capture time, microseconds, on any clock the caller likes; copied into events.
   uint64_t timestamp_us;

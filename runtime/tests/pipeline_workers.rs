@@ -44,6 +44,9 @@ impl FrameModel for FakeModel {
         if self.fail {
             return Err(Error::Inference("the fake model fails".into()));
         }
+        if chw.iter().all(|&v| v == 0.0) {
+            panic!("an all-black frame");
+        }
         // Default spec: scale 1/255, mean 0, std 1, so chw holds brightness in [0, 1].
         let mean = chw.iter().sum::<f32>() / chw.len() as f32;
         let digit = ((mean * 10.0) as usize).min(9);
@@ -335,6 +338,19 @@ fn bad_frames_are_refused_at_push_and_model_errors_are_events() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(h.pipeline.stats().frames_failed, 1);
+
+    // A model that panics: the frame is an error event and the worker lives on.
+    let h = harness(Duration::ZERO, false, false, Default::default());
+    let black = vec![0u8; 4 * 4 * 3];
+    let black = Frame::packed(&black, 4, 4, 12, PixelFormat::Rgb24, 0);
+    let sequence = h.pipeline.push(&black).unwrap();
+    let e = h.events.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        e,
+        Seen::Error("inference failed: the model panicked: an all-black frame".into())
+    );
+    let sequence = h.pipeline.push(&f.frame(1)).unwrap().max(sequence);
+    assert_eq!(next_frame(&h.events), sequence);
 }
 
 /// Close waits for the frame in progress (its events are delivered before close returns) and

@@ -75,7 +75,8 @@ pub struct edgemm_frame {
     /// Pixels, at least 1 each.
     pub width: u32,
     pub height: u32,
-    /// An `edgemm_pixel_format` value; anything else is EDGEMM_ERR_BAD_INPUT.
+    /// An `edgemm_pixel_format` value; anything else is EDGEMM_ERR_BAD_INPUT. (edgemm reads
+    /// this field as a plain uint32_t, so any value is safe to pass.)
     pub format: edgemm_pixel_format,
     /// Capture time, microseconds, on any clock the caller likes; copied into events.
     pub timestamp_us: u64,
@@ -88,7 +89,8 @@ pub struct edgemm_frame {
 pub struct edgemm_pipeline_options {
     /// Inference worker threads, at least 1. Default 1.
     pub workers: u32,
-    /// An `edgemm_yuv_range` value. Default EDGEMM_YUV_LIMITED.
+    /// An `edgemm_yuv_range` value (read as a plain uint32_t; anything else is
+    /// EDGEMM_ERR_INVALID_ARGUMENT). Default EDGEMM_YUV_LIMITED.
     pub yuv_range: edgemm_yuv_range,
     /// Region of each frame to classify, pixels. `roi_width` or `roi_height` 0 = the whole
     /// frame (the default); otherwise frames the region does not fit are EDGEMM_ERR_BAD_INPUT.

@@ -351,13 +351,12 @@ impl Pipeline {
     /// as dropped). A frame that breaks a rule (plane too short, region of interest outside it)
     /// is refused here with [`InputError::Frame`].
     pub fn push(&self, frame: &Frame<'_>) -> Result<u64> {
-        let check = frame
+        // Planes first (the more basic fault), then the region; the slot's own validation
+        // repeats a few comparisons, nothing more.
+        frame
             .validate()
-            .and_then(|()| frame.region(self.shared.options.roi).map(drop));
-        check.map_err(|e| Error::BadInput(InputError::Frame(e)))?;
-        self.shared
-            .slot
-            .push(frame)
+            .and_then(|()| frame.region(self.shared.options.roi))
+            .and_then(|_| self.shared.slot.push(frame))
             .map_err(|e| Error::BadInput(InputError::Frame(e)))
     }
 
@@ -406,6 +405,21 @@ impl Drop for Pipeline {
     }
 }
 
+/// Runs the model, turning a panic into an error event: one bad frame must not silently take
+/// a worker (and with one worker, the whole pipeline) down.
+fn classify(model: &dyn FrameModel, chw: &[f32]) -> Result<Vec<f32>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.classify(chw))).unwrap_or_else(
+        |payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Inference(format!("the model panicked: {what}")))
+        },
+    )
+}
+
 fn worker(shared: &Shared, stop: &Receiver<()>) {
     let spec = shared.model.input_spec();
     let options = &shared.options;
@@ -432,7 +446,7 @@ fn worker(shared: &Shared, stop: &Receiver<()>) {
             .map_err(|e| Error::BadInput(InputError::Frame(e)))
             .map(|()| buffers.preprocess(spec))
             .map(|()| Instant::now())
-            .and_then(|t2| shared.model.classify(&buffers.tensor).map(|p| (t2, p)));
+            .and_then(|t2| classify(shared.model.as_ref(), &buffers.tensor).map(|p| (t2, p)));
         let mut delivery = shared.delivery.lock().unwrap_or_else(|e| e.into_inner());
         let (t2, probabilities) = match result {
             Ok(ok) => ok,

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use super::frame::{Frame, FrameError, PixelFormat};
 
@@ -140,10 +140,7 @@ impl Slot {
 
     /// The waiting frame, if any, without blocking.
     pub fn take(&self) -> Option<OwnedFrame> {
-        match self.rx.try_recv() {
-            Ok(f) => Some(f),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.rx.try_recv().ok()
     }
 
     /// Returns a buffer to the pool (or frees it when the pool is full).
