@@ -7,11 +7,16 @@
  *
  * TINY_REPOSITORY holds tiny.tar.gz (an 8x8 alexnet-small), big.tar.gz (a larger one) and
  * corrupt.tar.gz (not a gzip file); run-tests.sh makes them. Prints "N passed, M failed".
+ *
+ * The pipeline tests push NV12 frames from a C "camera" thread and check the callback's events
+ * (user_data, ranges, order), the counters, and that edgemm_pipeline_free joins the workers.
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "edgemm.h"
 
@@ -275,6 +280,223 @@ static void test_concurrent_invokes(void) {
     edgemm_runtime_free(rt);
 }
 
+/* ---- Pipeline ---- */
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* What the callback saw; user_data points here. */
+struct sink {
+    pthread_mutex_t lock;
+    void *self;
+    int bad_user_data;
+    int frames, changes, errors;
+    int bad_events; /* events whose fields break their documented ranges or order */
+    uint64_t last_sequence;
+    int last_digit;
+};
+
+static void sink_init(struct sink *s) {
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->lock, NULL);
+    s->self = s;
+    s->last_digit = -2;
+}
+
+static void on_event(const edgemm_pipeline_event *e, void *user_data) {
+    struct sink *s = user_data;
+    pthread_mutex_lock(&s->lock);
+    if (s->self != user_data) {
+        s->bad_user_data++;
+    }
+    if (e->kind == EDGEMM_PIPELINE_EVENT_FRAME) {
+        float sum = 0.0f;
+        for (uint32_t i = 0; i < e->num_classes; i++) {
+            sum += e->probabilities[i];
+        }
+        if (e->num_classes != 10 || sum < 0.99f || sum > 1.01f || e->best_class < 0 ||
+            e->best_class > 9 || e->message != NULL ||
+            (s->frames > 0 && e->sequence <= s->last_sequence)) {
+            s->bad_events++;
+        }
+        s->frames++;
+        s->last_sequence = e->sequence;
+    } else if (e->kind == EDGEMM_PIPELINE_EVENT_SIGN_CHANGED) {
+        if (e->digit < -1 || e->digit > 9 || e->probabilities != NULL || e->confidence < 0.0f ||
+            e->confidence > 1.0f) {
+            s->bad_events++;
+        }
+        s->changes++;
+        s->last_digit = e->digit;
+    } else {
+        s->errors++;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+#define CAM_W 63 /* odd, so chroma is ceil(63 / 2) = 32 pairs wide */
+#define CAM_H 47
+#define CAM_STRIDE 64
+#define CAM_FRAMES 200
+
+struct camera {
+    edgemm_pipeline *pipeline;
+    int failures;
+};
+
+/* A camera thread: NV12 frames with padded rows, its buffers reused for every frame. */
+static void *camera(void *arg) {
+    struct camera *c = arg;
+    static uint8_t y[CAM_STRIDE * CAM_H];
+    static uint8_t uv[CAM_STRIDE * ((CAM_H + 1) / 2)];
+    for (int i = 0; i < CAM_FRAMES; i++) {
+        memset(y, (i * 5) & 0xff, sizeof y);
+        memset(uv, 128 + (i % 7), sizeof uv);
+        edgemm_frame f;
+        memset(&f, 0, sizeof f);
+        f.planes[0] = y;
+        f.planes[1] = uv;
+        f.strides[0] = CAM_STRIDE;
+        f.strides[1] = CAM_STRIDE;
+        f.plane_bytes[0] = sizeof y;
+        f.plane_bytes[1] = sizeof uv;
+        f.width = CAM_W;
+        f.height = CAM_H;
+        f.format = EDGEMM_PIXEL_NV12;
+        f.timestamp_us = (uint64_t)i * 33333u;
+        if (edgemm_pipeline_push_frame(c->pipeline, &f) != EDGEMM_OK) {
+            c->failures++;
+        }
+        if (i % 20 == 0) {
+            sleep_ms(1);
+        }
+    }
+    return NULL;
+}
+
+static void test_pipeline_arguments(void) {
+    edgemm_runtime *rt = new_runtime(0);
+    struct sink s;
+    sink_init(&s);
+    edgemm_pipeline_options o = edgemm_pipeline_default_options();
+    CHECK(o.workers == 1 && o.hold_frames == 3 && o.frame_results == 1 && o.roi_width == 0);
+    CHECK(o.yuv_range == EDGEMM_YUV_LIMITED && o.exit_threshold < o.enter_threshold);
+    edgemm_pipeline *p = (edgemm_pipeline *)0x1; /* must stay untouched on failure */
+    CHECK_STATUS(edgemm_pipeline_new(NULL, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "runtime is NULL");
+    CHECK_STATUS(edgemm_pipeline_new(rt, NULL, &o, on_event, &s, &p), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "model is NULL");
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", NULL, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "options is NULL");
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, NULL, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "callback is NULL");
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, NULL),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "out is NULL");
+    CHECK_STATUS(edgemm_pipeline_new(rt, "missing.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_NOT_FOUND, "not found");
+    o.hold_frames = 0;
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "hold_frames");
+    o = edgemm_pipeline_default_options();
+    o.yuv_range = (edgemm_yuv_range)7;
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "yuv_range");
+    CHECK(p == (edgemm_pipeline *)0x1);
+
+    o = edgemm_pipeline_default_options();
+    p = NULL;
+    CHECK(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p) == EDGEMM_OK && p);
+    edgemm_frame f;
+    memset(&f, 0, sizeof f);
+    CHECK_STATUS(edgemm_pipeline_push_frame(NULL, &f), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "pipeline is NULL");
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, NULL), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "frame is NULL");
+    f.width = 4;
+    f.height = 2;
+    f.format = EDGEMM_PIXEL_I420;
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, &f), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "frame->planes[0] is NULL");
+    uint8_t buf[16] = {0};
+    f.planes[0] = f.planes[1] = f.planes[2] = buf;
+    f.strides[0] = 2;
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, &f), EDGEMM_ERR_BAD_INPUT, "stride");
+    f.strides[0] = 0;
+    f.plane_bytes[0] = 4; /* a 4x2 Y plane needs 8 */
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, &f), EDGEMM_ERR_BAD_INPUT, "holds 4 bytes");
+    f.format = (edgemm_pixel_format)99;
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, &f), EDGEMM_ERR_BAD_INPUT,
+                 "not an edgemm_pixel_format");
+    f.width = 0;
+    f.format = EDGEMM_PIXEL_GRAY8;
+    CHECK_STATUS(edgemm_pipeline_push_frame(p, &f), EDGEMM_ERR_BAD_INPUT, "0x2");
+
+    edgemm_pipeline_metrics st;
+    CHECK_STATUS(edgemm_pipeline_stats(NULL, &st), EDGEMM_ERR_INVALID_ARGUMENT,
+                 "pipeline is NULL");
+    CHECK_STATUS(edgemm_pipeline_stats(p, NULL), EDGEMM_ERR_INVALID_ARGUMENT, "out is NULL");
+    CHECK(edgemm_pipeline_stats(p, &st) == EDGEMM_OK && st.frames_pushed == 0);
+    edgemm_pipeline_free(p);
+    edgemm_pipeline_free(NULL);
+    edgemm_runtime_free(rt);
+    CHECK(s.frames == 0 && s.changes == 0 && s.errors == 0);
+    pthread_mutex_destroy(&s.lock);
+}
+
+static void test_pipeline_events(void) {
+    edgemm_runtime *rt = new_runtime(0);
+    struct sink s;
+    sink_init(&s);
+    edgemm_pipeline_options o = edgemm_pipeline_default_options();
+    /* The tiny model has random weights and is rarely confident: with both thresholds at 0
+     * its best class is the digit, so digit changes are certain to be reported. */
+    o.enter_threshold = 0.0f;
+    o.exit_threshold = 0.0f;
+    o.hold_frames = 1;
+    edgemm_pipeline *p = NULL;
+    CHECK(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p) == EDGEMM_OK && p);
+    /* The pipeline holds the runtime: freeing it first is allowed. */
+    edgemm_runtime_free(rt);
+
+    struct camera cam = {p, 0};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, camera, &cam) == 0);
+    pthread_join(t, NULL);
+    CHECK(cam.failures == 0);
+
+    /* The last frame pushed is never dropped: wait until it is processed. */
+    edgemm_pipeline_metrics st;
+    memset(&st, 0, sizeof st);
+    for (int i = 0; i < 3000; i++) {
+        if (edgemm_pipeline_stats(p, &st) != EDGEMM_OK ||
+            st.frames_processed + st.frames_dropped == CAM_FRAMES) {
+            break;
+        }
+        sleep_ms(10);
+    }
+    CHECK(st.frames_pushed == CAM_FRAMES);
+    CHECK(st.frames_processed + st.frames_dropped == CAM_FRAMES);
+    CHECK(st.frames_processed >= 1 && st.frames_failed == 0);
+    CHECK(st.infer.count == st.frames_processed && st.convert.count == st.frames_processed);
+    CHECK(st.infer.max_us >= st.infer.p95_us && st.infer.p95_us >= st.infer.p50_us);
+
+    edgemm_pipeline_free(p); /* joins the workers */
+    pthread_mutex_lock(&s.lock);
+    int frames = s.frames;
+    CHECK(frames == (int)st.frames_processed);
+    CHECK(s.last_sequence == CAM_FRAMES - 1);
+    CHECK(s.changes >= 1 && s.last_digit >= 0 && s.last_digit <= 9);
+    CHECK(s.bad_user_data == 0 && s.bad_events == 0 && s.errors == 0);
+    pthread_mutex_unlock(&s.lock);
+    sleep_ms(50);
+    pthread_mutex_lock(&s.lock);
+    CHECK(s.frames == frames); /* no callback after free returned */
+    pthread_mutex_unlock(&s.lock);
+    pthread_mutex_destroy(&s.lock);
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s TINY_REPOSITORY CACHE_DIR\n", argv[0]);
@@ -289,6 +511,8 @@ int main(int argc, char **argv) {
     test_results_and_cache_verbs();
     test_panic_boundary();
     test_concurrent_invokes();
+    test_pipeline_arguments();
+    test_pipeline_events();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

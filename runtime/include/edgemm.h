@@ -27,6 +27,9 @@
 
 #define EDGEMM_VERSION_PATCH 0
 
+// Samples kept per stage for the percentiles.
+#define LATENCY_WINDOW 512
+
 // The outcome of every fallible call. On anything but `EDGEMM_OK` the call wrote no output
 // and `edgemm_last_error_message()` describes what went wrong.
 typedef enum edgemm_status {
@@ -55,6 +58,74 @@ typedef enum edgemm_model_state {
   // Waiting for its requests in flight before leaving memory.
   EDGEMM_MODEL_UNLOADING = 3,
 } edgemm_model_state;
+
+// Quantisation range of YUV frames (BT.601 matrix in both).
+enum edgemm_yuv_range
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Y in 16..235, chroma in 16..240: what most cameras send. The default.
+  EDGEMM_YUV_LIMITED = 0,
+  // Y and chroma in 0..255 (JPEG range).
+  EDGEMM_YUV_FULL = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum edgemm_yuv_range edgemm_yuv_range;
+#else
+typedef uint32_t edgemm_yuv_range;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// What an `edgemm_pipeline_event` reports.
+typedef enum edgemm_pipeline_event_kind {
+  // One frame was classified.
+  EDGEMM_PIPELINE_EVENT_FRAME = 0,
+  // The shown digit changed (to a digit, or to "no sign").
+  EDGEMM_PIPELINE_EVENT_SIGN_CHANGED = 1,
+  // One frame could not be classified; the pipeline goes on.
+  EDGEMM_PIPELINE_EVENT_ERROR = 2,
+} edgemm_pipeline_event_kind;
+
+// Pixel layouts `edgemm_frame` may hold. Planes are listed in order; "half" means
+// ceil(width / 2) or ceil(height / 2), so odd sizes are allowed.
+enum edgemm_pixel_format
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // 1 plane, 3 bytes per pixel: R, G, B.
+  EDGEMM_PIXEL_RGB24 = 0,
+  // 1 plane, 3 bytes per pixel: B, G, R.
+  EDGEMM_PIXEL_BGR24 = 1,
+  // 1 plane, 4 bytes per pixel: R, G, B, A (alpha ignored).
+  EDGEMM_PIXEL_RGBA = 2,
+  // 1 plane, 4 bytes per pixel: B, G, R, A (alpha ignored).
+  EDGEMM_PIXEL_BGRA = 3,
+  // 1 plane, 1 byte per pixel (grey).
+  EDGEMM_PIXEL_GRAY8 = 4,
+  // 2 planes: Y (width x height), interleaved U,V (half width pairs x half height).
+  EDGEMM_PIXEL_NV12 = 5,
+  // 2 planes: Y, interleaved V,U.
+  EDGEMM_PIXEL_NV21 = 6,
+  // 3 planes: Y, U (half x half), V (half x half).
+  EDGEMM_PIXEL_I420 = 7,
+  // 1 plane, 4 bytes per 2 pixels: Y0, U, Y1, V (half-width chroma).
+  EDGEMM_PIXEL_YUYV = 8,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum edgemm_pixel_format edgemm_pixel_format;
+#else
+typedef uint32_t edgemm_pixel_format;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+// A running pipeline. Opaque.
+// Thread-safety: `edgemm_pipeline_push_frame` and `edgemm_pipeline_stats` may be called from
+// any number of threads at once; `edgemm_pipeline_free` must not race with them.
+typedef struct edgemm_pipeline edgemm_pipeline;
 
 // A runtime: a model repository, its cache, and the loaded models. Opaque.
 // Thread-safety: every function taking a `const edgemm_runtime*` may be called from any
@@ -180,6 +251,124 @@ typedef struct edgemm_model_list {
   size_t len;
 } edgemm_model_list;
 
+// Options for `edgemm_pipeline_new`. Start from `edgemm_pipeline_default_options()`, which
+// fills in the defaults below; every value is then used as given.
+typedef struct edgemm_pipeline_options {
+  // Inference worker threads, at least 1. Default 1.
+  uint32_t workers;
+  // An `edgemm_yuv_range` value (read as a plain uint32_t; anything else is
+  // EDGEMM_ERR_INVALID_ARGUMENT). Default EDGEMM_YUV_LIMITED.
+  edgemm_yuv_range yuv_range;
+  // Region of each frame to classify, pixels. `roi_width` or `roi_height` 0 = the whole
+  // frame (the default); otherwise frames the region does not fit are EDGEMM_ERR_BAD_INPUT.
+  uint32_t roi_x;
+  uint32_t roi_y;
+  uint32_t roi_width;
+  uint32_t roi_height;
+  // Weight of the newest frame in the moving average of class probabilities, in (0, 1];
+  // 1 = no averaging. Default 0.5.
+  float ema_alpha;
+  // Smoothed probability at which a class becomes the shown digit, 0..1. Default 0.6.
+  float enter_threshold;
+  // Smoothed probability below which the shown digit gives way to "no sign", at most
+  // `enter_threshold`. Default 0.4.
+  float exit_threshold;
+  // Consecutive frames a new digit (or "no sign") must last before it is reported, at
+  // least 1. Default 3.
+  uint32_t hold_frames;
+  // Frame time (by `timestamp_us`) a new digit must last, milliseconds; 0 = no time rule.
+  // Default 0.
+  uint32_t hold_ms;
+  // 1 = an EDGEMM_PIPELINE_EVENT_FRAME event for every processed frame; 0 = only digit
+  // changes and errors. Default 1.
+  uint8_t frame_results;
+} edgemm_pipeline_options;
+
+// An event passed to the callback. It and every pointer in it are valid only during the
+// callback: copy what you keep.
+typedef struct edgemm_pipeline_event {
+  enum edgemm_pipeline_event_kind kind;
+  // The frame's position among all frames pushed to this pipeline, from 0 (for
+  // SIGN_CHANGED, the frame that completed the change).
+  uint64_t sequence;
+  // The frame's `timestamp_us`, as pushed.
+  uint64_t timestamp_us;
+  // The shown digit (class index) after this frame; for SIGN_CHANGED, the new one. -1 = no
+  // sign. -1 for ERROR.
+  int32_t digit;
+  // Smoothed probability of `digit` (for no sign, of the most probable class), 0..1.
+  // 0 for ERROR.
+  float confidence;
+  // FRAME: this frame's most probable class (unsmoothed). -1 otherwise.
+  int32_t best_class;
+  // FRAME: its probability. 0 otherwise.
+  float best_probability;
+  // FRAME: `num_classes` probabilities in label order. NULL otherwise.
+  const float *probabilities;
+  uint32_t num_classes;
+  // FRAME: microseconds spent converting to RGB, resizing and normalising, in the model,
+  // and smoothing. 0 otherwise.
+  uint64_t convert_us;
+  uint64_t preprocess_us;
+  uint64_t infer_us;
+  uint64_t smooth_us;
+  // ERROR: what went wrong, NUL-terminated UTF-8. NULL otherwise.
+  const char *message;
+} edgemm_pipeline_event;
+
+// Receives every event, on a pipeline worker thread, never two calls at once. It must not
+// call `edgemm_pipeline_free` on its own pipeline; it may push frames and read stats.
+typedef void (*edgemm_pipeline_callback)(const struct edgemm_pipeline_event *event, void *user_data);
+
+// One camera frame, described by the caller; edgemm copies what it needs during
+// `edgemm_pipeline_push_frame` and keeps no pointer afterwards.
+typedef struct edgemm_frame {
+  // Start of each plane, in the order `format` lists them. Planes the format does not use
+  // are ignored (may be NULL).
+  const uint8_t *planes[3];
+  // Bytes from one row of each plane to the next. 0 = rows packed with no padding.
+  uint32_t strides[3];
+  // Bytes readable at each plane pointer, checked against stride x rows. 0 = exactly what
+  // the format needs (stride x (rows - 1) + one row), trusted without a check.
+  size_t plane_bytes[3];
+  // Pixels, at least 1 each.
+  uint32_t width;
+  uint32_t height;
+  // An `edgemm_pixel_format` value; anything else is EDGEMM_ERR_BAD_INPUT. (edgemm reads
+  // this field as a plain uint32_t, so any value is safe to pass.)
+  edgemm_pixel_format format;
+  // Capture time, microseconds, on any clock the caller likes; copied into events.
+  uint64_t timestamp_us;
+} edgemm_frame;
+
+// Latency of one pipeline stage over the most recent frames (up to 512), microseconds.
+typedef struct edgemm_stage_latency {
+  // Frames measured since the pipeline started.
+  uint64_t count;
+  uint64_t p50_us;
+  uint64_t p95_us;
+  // Largest since the pipeline started.
+  uint64_t max_us;
+} edgemm_stage_latency;
+
+// A snapshot of a pipeline's counters.
+typedef struct edgemm_pipeline_metrics {
+  // Frames accepted by `edgemm_pipeline_push_frame`.
+  uint64_t frames_pushed;
+  // Frames classified (each gave a FRAME event when `frame_results` is 1).
+  uint64_t frames_processed;
+  // Frames replaced by a newer one before a worker took them.
+  uint64_t frames_dropped;
+  // Frames whose classification failed (each gave an ERROR event).
+  uint64_t frames_failed;
+  struct edgemm_stage_latency convert;
+  struct edgemm_stage_latency preprocess;
+  struct edgemm_stage_latency infer;
+  struct edgemm_stage_latency smooth;
+  // Frames processed per second over the recent frames; 0 until two are done.
+  double fps;
+} edgemm_pipeline_metrics;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -230,7 +419,8 @@ struct edgemm_runtime_options edgemm_runtime_default_options(void);
 enum edgemm_status edgemm_runtime_new(const struct edgemm_runtime_options *options,
                                       struct edgemm_runtime **out_runtime);
 
-// Frees a runtime and every model it holds. NULL is a no-op. No other call on this runtime
+// Frees a runtime and every model it holds (pipelines made from it keep it alive until they
+// are freed). NULL is a no-op. No other call on this runtime
 // may be running or made afterwards; results it returned stay valid (they own their data).
 //
 // # Safety
@@ -365,6 +555,65 @@ enum edgemm_status edgemm_model_list_new(const struct edgemm_runtime *runtime,
 // # Safety
 // `list` is NULL or was returned by `edgemm_model_list_new` and not yet freed.
 void edgemm_model_list_free(struct edgemm_model_list *list);
+
+// ==================== Pipeline ====================
+//
+// The default options (see each field of `edgemm_pipeline_options`).
+// Thread-safety: any thread.
+struct edgemm_pipeline_options edgemm_pipeline_default_options(void);
+
+// Starts a pipeline classifying frames with `model` of `runtime` (loaded now, so a missing or
+// bad model fails here). Events go to `callback` with `user_data`, on a worker thread. On
+// success writes the pipeline to `*out`; free it with `edgemm_pipeline_free`. The pipeline
+// keeps the runtime alive: `edgemm_runtime_free` may come first.
+//
+// Returns EDGEMM_OK; EDGEMM_ERR_INVALID_ARGUMENT (a NULL argument, an option out of range);
+// EDGEMM_ERR_NOT_FOUND, EDGEMM_ERR_BAD_ARTIFACT, EDGEMM_ERR_INSUFFICIENT_MEMORY (loading the
+// model); EDGEMM_ERR_INTERNAL (no thread could be started). On failure no callback is ever
+// made. Thread-safety: any thread.
+//
+// # Safety
+// `runtime` is live; `model` is NUL-terminated; `options` points to valid options; `out` is
+// writable; `callback` may be called with `user_data` from other threads until
+// `edgemm_pipeline_free` returns.
+enum edgemm_status edgemm_pipeline_new(const struct edgemm_runtime *runtime,
+                                       const char *model,
+                                       const struct edgemm_pipeline_options *options,
+                                       edgemm_pipeline_callback callback,
+                                       void *user_data,
+                                       struct edgemm_pipeline **out_pipeline);
+
+// Hands a frame to the pipeline. Returns at once: the frame is copied (so the caller may reuse
+// its buffers as soon as this returns) and replaces any frame the workers have not taken yet,
+// which is counted as dropped. Never waits for inference.
+//
+// Returns EDGEMM_OK; EDGEMM_ERR_INVALID_ARGUMENT (NULL `pipeline` or `frame`, a NULL plane the
+// format needs); EDGEMM_ERR_BAD_INPUT (unknown format, zero size, stride shorter than a row,
+// `plane_bytes` too small, a region of interest outside the frame). A refused frame is not
+// counted. Thread-safety: any thread, concurrently with other pushes and stats.
+//
+// # Safety
+// `pipeline` is live; `frame` points to a valid frame whose planes hold `plane_bytes` bytes
+// (or what the format needs, when 0).
+enum edgemm_status edgemm_pipeline_push_frame(const struct edgemm_pipeline *pipeline,
+                                              const struct edgemm_frame *frame);
+
+// Writes a snapshot of the pipeline's counters and latencies to `*out`.
+// Returns EDGEMM_OK or EDGEMM_ERR_INVALID_ARGUMENT (NULL argument). Thread-safety: any thread.
+//
+// # Safety
+// `pipeline` is live; `out` is writable.
+enum edgemm_status edgemm_pipeline_stats(const struct edgemm_pipeline *pipeline,
+                                         struct edgemm_pipeline_metrics *out_stats);
+
+// Stops the pipeline: waits for the frame in progress (its events are delivered), drops a
+// frame still waiting, joins the workers and frees everything. No callback runs after this
+// returns. NULL is a no-op. Must not be called from the pipeline's own callback, nor while
+// another thread pushes to it.
+//
+// # Safety
+// `pipeline` is NULL or was returned by `edgemm_pipeline_new` and not yet freed.
+void edgemm_pipeline_free(struct edgemm_pipeline *pipeline);
 
 #ifdef __cplusplus
 }  // extern "C"

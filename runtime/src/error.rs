@@ -90,6 +90,8 @@ pub enum InputError {
     Request(String),
     #[error("batch is empty")]
     EmptyBatch,
+    #[error("camera frame refused: {0}")]
+    Frame(#[from] crate::pipeline::frame::FrameError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,8 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
 }
 
 /// Coarse classes of [`Error`]: one per C status code.
@@ -153,7 +157,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidModelName { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidModelName { .. } | Error::InvalidOption(_) => ErrorKind::InvalidArgument,
             Error::ModelNotFound { .. } => ErrorKind::NotFound,
             Error::BadArtifact { .. } => ErrorKind::BadArtifact,
             Error::BadInput(_) => ErrorKind::BadInput,

@@ -25,6 +25,7 @@ pub mod error;
 pub mod ffi;
 pub mod json;
 pub mod manifest;
+pub mod pipeline;
 pub mod preprocess;
 pub mod repository;
 mod runtime;

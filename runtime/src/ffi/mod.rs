@@ -20,4 +20,5 @@ pub mod status;
 pub mod runtime;
 pub mod invoke;
 pub mod cache;
+pub mod pipeline;
 pub mod boundary;

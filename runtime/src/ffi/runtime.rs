@@ -2,6 +2,7 @@
 
 use std::ffi::c_char;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::boundary::{arg, boundary, guard, out, str_arg, FfiError};
 use super::status::edgemm_status;
@@ -11,7 +12,9 @@ use crate::{Runtime, RuntimeOptions};
 /// Thread-safety: every function taking a `const edgemm_runtime*` may be called from any
 /// number of threads at once.
 pub struct edgemm_runtime {
-    pub(crate) inner: Runtime,
+    /// Shared with the pipelines made from this runtime, which keep it alive until they are
+    /// freed.
+    pub(crate) inner: Arc<Runtime>,
 }
 
 /// Options for `edgemm_runtime_new`. Get defaults from `edgemm_runtime_default_options()`
@@ -117,7 +120,7 @@ pub unsafe extern "C" fn edgemm_runtime_new(
         opts.cache.caching = o.disable_model_cache == 0;
         opts.cache.warm_up = o.warm_up != 0;
         let runtime = Box::new(edgemm_runtime {
-            inner: Runtime::new(opts)?,
+            inner: Arc::new(Runtime::new(opts)?),
         });
         // SAFETY: checked non-NULL above; written only on success.
         unsafe { *out_runtime = Box::into_raw(runtime) };
@@ -125,7 +128,8 @@ pub unsafe extern "C" fn edgemm_runtime_new(
     })
 }
 
-/// Frees a runtime and every model it holds. NULL is a no-op. No other call on this runtime
+/// Frees a runtime and every model it holds (pipelines made from it keep it alive until they
+/// are freed). NULL is a no-op. No other call on this runtime
 /// may be running or made afterwards; results it returned stay valid (they own their data).
 ///
 /// # Safety
