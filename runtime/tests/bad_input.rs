@@ -554,8 +554,9 @@ fn model_name_with_parent_dir_is_refused() {
 fn tensor_shape_whose_size_overflows_is_refused() {
     let fx = Fixture::cifar();
     let data = vec![0.5f32; 32 * 32 * 3];
-    // (2^54 + 1) * 3072 wraps to 3072 in 64-bit arithmetic.
-    let shape = [(1usize << 54) + 1, 32, 32, 3];
+    // 3072 = 3 * 2^10, so (2^(bits-10) + 1) * 3072 wraps to exactly 3072 in usize arithmetic,
+    // on 64-bit and 32-bit targets alike.
+    let shape = [(1usize << (usize::BITS - 10)) + 1, 32, 32, 3];
     let (err, _) = input_error(tensor(&fx, &data, &shape));
     assert!(matches!(err, InputError::TensorData { .. }), "{err:?}");
 }
