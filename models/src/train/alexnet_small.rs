@@ -3,14 +3,14 @@
 //! [`crate::alexnet_small::AlexNetSmall`] loads unchanged.
 //!
 //! The inference network folds batch norm at load; training needs batch statistics and
-//! running averages, and dropout before each dense layer. Convolutions run in NHWC as one
-//! matrix product over the nine shifted copies of the input (im2col by `narrow` + `cat`): its
-//! backward pass is matrix products too, where candle's `conv2d` backward goes through
-//! `conv_transpose2d`, which is much slower on the CPU.
+//! running averages, and dropout before each dense layer. Convolutions run in NHWC as im2col
+//! and one matrix product ([`super::kernels`]): the backward pass is matrix products too, where
+//! candle's `conv2d` backward goes through `conv_transpose2d`, which is much slower on the CPU.
 
 use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
+use super::kernels::{BatchNormRelu, ChannelStats, Im2Col3x3, MaxPool2};
 use super::optim::Param;
 use super::Rng;
 use crate::alexnet_small::Config;
@@ -28,36 +28,53 @@ struct BatchNorm {
 }
 
 impl BatchNorm {
-    /// `x` is `[M, C]` (every pixel of the batch a row).
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (mean, var) = if train {
-            let mean = x.mean_keepdim(0)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(0)?;
+    /// Batch norm then ReLU; `x` is `[M, C]` (every pixel of the batch a row).
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let stats = x.detach().apply_op1_no_bwd(&ChannelStats)?;
             let m = x.dim(0)? as f64;
             // Running statistics use the unbiased variance, as PyTorch does.
-            let update = |running: &Var, batch: &Tensor| -> Result<()> {
-                let batch = batch.detach().squeeze(0)?;
+            let update = |running: &Var, batch: Tensor| -> Result<()> {
                 let next = ((running.as_tensor() * (1.0 - BN_MOMENTUM))? + (batch * BN_MOMENTUM)?)?;
                 running.set(&next)?;
                 Ok(())
             };
-            update(&self.running_mean, &mean)?;
-            update(&self.running_var, &(&var * (m / (m - 1.0).max(1.0)))?)?;
-            (mean, var)
-        } else {
-            (
-                self.running_mean.as_tensor().unsqueeze(0)?,
-                self.running_var.as_tensor().unsqueeze(0)?,
-            )
-        };
-        let scale = (var + self.eps)?
+            update(&self.running_mean, stats.get(0)?)?;
+            update(
+                &self.running_var,
+                (stats.get(1)? * (m / (m - 1.0).max(1.0)))?,
+            )?;
+            return Ok(x.apply_op3(&self.gamma, &self.beta, BatchNormRelu { eps: self.eps })?);
+        }
+        let rows = Rows::new(x)?;
+        let scale = (self.running_var.as_tensor() + self.eps)?
             .sqrt()?
             .recip()?
-            .broadcast_mul(&self.gamma)?;
-        Ok(x.broadcast_sub(&mean)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&self.beta)?)
+            .mul(&self.gamma)?
+            .unsqueeze(0)?;
+        let shift =
+            (self.beta.unsqueeze(0)? - self.running_mean.as_tensor().unsqueeze(0)?.mul(&scale)?)?;
+        Ok(((x * rows.spread(&scale)?)? + rows.spread(&shift)?)?.relu()?)
+    }
+}
+
+/// Per-channel broadcasts over the rows of an `[M, C]` tensor, as a product with a column of
+/// ones: back-propagating through candle's `broadcast_*` reduces over the leading dimension on
+/// a slow strided path, while the product's gradient runs in its GEMM.
+struct Rows {
+    ones: Tensor,
+}
+
+impl Rows {
+    fn new(x: &Tensor) -> Result<Self> {
+        Ok(Self {
+            ones: Tensor::ones((x.dim(0)?, 1), x.dtype(), x.device())?,
+        })
+    }
+
+    /// `[1, C]` -> `[M, C]`, every row a copy.
+    fn spread(&self, v: &Tensor) -> Result<Tensor> {
+        Ok(self.ones.matmul(v)?)
     }
 }
 
@@ -69,33 +86,27 @@ struct Stage {
 }
 
 impl Stage {
-    /// 3x3 convolution, padding 1, on NHWC.
+    /// 3x3 convolution, padding 1, on NHWC: `[N, H, W, C]` -> `[N*H*W, O]`.
     fn conv(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4()?;
+        let c = x.dim(3)?;
         let o = self.weight.dim(0)?;
-        let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
-        let mut taps = Vec::with_capacity(9);
-        for i in 0..3 {
-            for j in 0..3 {
-                taps.push(padded.narrow(1, i, h)?.narrow(2, j, w)?);
-            }
-        }
-        // Columns ordered (i, j, c) to match the weight permuted to [kh, kw, C, O].
-        let cols = Tensor::cat(&taps, 3)?.reshape((n * h * w, 9 * c))?;
+        let cols = x.apply_op1(Im2Col3x3)?;
+        // The weight permuted to [kh, kw, C, O] matches the columns' (dy, dx, c) order.
         let w_mat = self.weight.permute((2, 3, 1, 0))?.reshape((9 * c, o))?;
-        Ok(cols.matmul(&w_mat)?.broadcast_add(&self.bias)?)
+        let y = cols.matmul(&w_mat)?;
+        Ok((&y + Rows::new(&y)?.spread(&self.bias.unsqueeze(0)?)?)?)
     }
 
     /// conv, BN, ReLU, 2x2 max pool: `[N, H, W, C]` -> `[N, H/2, W/2, O]`.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (n, h, w, _) = x.dims4()?;
-        let mut y = self.conv(x)?;
-        if let Some(bn) = &self.bn {
-            y = bn.forward(&y, train)?;
-        }
+        let y = self.conv(x)?;
+        let y = match &self.bn {
+            Some(bn) => bn.forward_relu(&y, train)?,
+            None => y.relu()?,
+        };
         let o = y.dim(1)?;
-        let y = y.relu()?.reshape((n, h / 2, 2, w / 2, 2, o))?;
-        Ok(y.max(4)?.max(2)?)
+        Ok(y.reshape((n, h, w, o))?.apply_op1(MaxPool2)?)
     }
 }
 

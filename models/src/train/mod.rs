@@ -15,6 +15,7 @@
 
 pub mod alexnet_small;
 pub mod checkpoint;
+pub mod kernels;
 pub mod optim;
 
 use candle_core::{Tensor, D};

@@ -40,7 +40,7 @@ pub struct Args {
     /// Artifact written when the last epoch is done
     #[arg(long, default_value = "models/repository/cifar.tar.gz")]
     out: PathBuf,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 20)]
     epochs: usize,
     #[arg(long, default_value_t = 128)]
     batch: usize,
