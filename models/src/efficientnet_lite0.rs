@@ -276,9 +276,34 @@ impl EfficientNetLite0 {
 
     /// The 1280-wide pooled features before `_fc`: what a transfer-learning head consumes.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.tail(&self.trunk(x, 0)?, 0)
+    }
+
+    /// The stem and the first `blocks` of the 16 blocks: the frozen part when the last
+    /// `16 - blocks` are fine-tuned, whose output can then be computed once and cached.
+    pub fn trunk(&self, x: &Tensor, blocks: usize) -> Result<Tensor> {
         layers::check_input(x, NAME)?;
         let mut x = layers::relu6(&self.bn0.forward(&self.stem.forward(x)?)?)?;
-        for block in &self.blocks {
+        for block in &self.blocks[..blocks.min(self.blocks.len())] {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Blocks `from..to` alone: carries a cached trunk output from one cut to a later one.
+    pub fn blocks(&self, x: &Tensor, from: usize, to: usize) -> Result<Tensor> {
+        let mut x = x.clone();
+        for block in &self.blocks[from.min(to)..to.min(self.blocks.len())] {
+            x = block.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Blocks `from..16`, the head convolution and the pooling: [`Self::trunk`]'s complement,
+    /// so `tail(trunk(x, k), k)` is `features(x)` for every `k`.
+    pub fn tail(&self, x: &Tensor, from: usize) -> Result<Tensor> {
+        let mut x = x.clone();
+        for block in &self.blocks[from.min(self.blocks.len())..] {
             x = block.forward(&x)?;
         }
         let x = layers::relu6(&self.bn1.forward(&self.head.forward(&x)?)?)?;
@@ -319,5 +344,31 @@ mod tests {
         assert_eq!(blocks().len(), 16);
         // The count of tensors in the published checkpoint.
         assert_eq!(tensor_specs(&serde_json::Value::Null).unwrap().len(), 247);
+    }
+
+    /// Splitting the network for fine-tuning changes nothing: `tail(trunk(x, k), k)` is
+    /// `features(x)` wherever it is cut.
+    #[test]
+    fn trunk_and_tail_compose_to_the_features() {
+        let config = serde_json::json!({ "classes": 10 });
+        let specs = tensor_specs(&config).unwrap();
+        let device = candle_core::Device::Cpu;
+        let weights = crate::init::seeded_weights(&specs, 3, &device).unwrap();
+        let vb = VarBuilder::from_tensors(weights, candle_core::DType::F32, &device);
+        let net = EfficientNetLite0::new(&Config { classes: 10 }, vb).unwrap();
+        let x = Tensor::rand(-1f32, 1f32, (2, 3, 64, 64), &device).unwrap();
+        let whole = net.features(&x).unwrap();
+        for k in [0, 5, 11, 16] {
+            let split = net.tail(&net.trunk(&x, k).unwrap(), k).unwrap();
+            let diff = (&whole - split)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "cut at {k}");
+        }
     }
 }

@@ -64,8 +64,24 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+        let (n, c, h, w) = x.dims4()?;
         let kernel = self.weight.dim(2)?;
+        if kernel == 1 && self.stride == 1 {
+            // A pointwise convolution is one matrix product over all pixels. candle's conv2d
+            // gets there through an im2col copy, and its backward pass (fine-tuning) goes
+            // through conv_transpose2d, several times slower than the product's own.
+            let o = self.weight.dim(0)?;
+            let pixels = x.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
+            let y = pixels.matmul(&self.weight.reshape((o, c))?.t()?)?;
+            let y = y
+                .reshape((n, h, w, o))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            return Ok(match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
         let (top, bottom, _) = self.padding.resolve(h, kernel, self.stride);
         let (left, right, _) = self.padding.resolve(w, kernel, self.stride);
         let y = if top == bottom && left == right && top == left {

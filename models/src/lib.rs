@@ -34,6 +34,8 @@ pub mod efficientnet_lite0;
 pub mod golden;
 pub mod init;
 mod layers;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod vgg16;
 
 use candle_core::Tensor;

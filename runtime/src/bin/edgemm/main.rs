@@ -1,4 +1,6 @@
-//! The `edgemm` command: pack, inspect, predict, invoke.
+//! The `edgemm` command: pack, inspect, predict, invoke, eval.
+
+mod eval;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,35 @@ enum Command {
         #[arg(long, default_value = "-")]
         body: PathBuf,
     },
+    /// Measure a model on labelled images: accuracy, per-class precision and recall, confusion
+    /// matrix, throughput
+    #[command(after_help = "Examples:\n  \
+        edgemm eval --model sign-language.tar.gz models/samples/sign-digits\n  \
+        edgemm eval --model sign-language.tar.gz --splits ../shared/data/sign-digits/splits.csv --split test")]
+    Eval {
+        #[arg(long, default_value = "models/repository")]
+        repo: PathBuf,
+        #[arg(long, short)]
+        model: String,
+        /// A directory of class folders, each named as one of the model's labels
+        #[arg(conflicts_with = "splits", required_unless_present = "splits")]
+        dir: Option<PathBuf>,
+        /// A CSV of `path,label,split` rows (with a header line)
+        #[arg(long, requires = "split")]
+        splits: Option<PathBuf>,
+        /// Which split of --splits to measure, e.g. test
+        #[arg(long, requires = "splits")]
+        split: Option<String>,
+        /// What the CSV's paths are relative to [default: the CSV's directory]
+        #[arg(long, requires = "splits")]
+        root: Option<PathBuf>,
+        /// Images per invocation
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The runtime options the global flags describe.
@@ -173,6 +204,34 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
         } => predict(&settings, &repo, &model, top_k, json, &images),
         Command::Invoke { repo, model, body } => invoke(&settings, &repo, &model, &body),
         Command::Stats { repo, load } => stats(&settings, &repo, &load),
+        Command::Eval {
+            repo,
+            model,
+            dir,
+            splits,
+            split,
+            root,
+            batch,
+            json,
+        } => {
+            let runtime = settings.runtime(&repo, 1)?;
+            let source = match (&dir, &splits) {
+                (Some(dir), _) => eval::Source::Folders(dir),
+                (None, Some(csv)) => eval::Source::Splits {
+                    csv,
+                    split: split
+                        .as_deref()
+                        .expect("clap requires --split with --splits"),
+                    root: root
+                        .as_deref()
+                        .or_else(|| csv.parent())
+                        .unwrap_or(Path::new(".")),
+                },
+                (None, None) => unreachable!("clap requires a directory or --splits"),
+            };
+            eval::run(&runtime, &model, &source, batch, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

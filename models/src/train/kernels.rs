@@ -1,0 +1,557 @@
+//! CPU kernels with hand-written backward passes for the training path.
+//!
+//! Built from candle's generic ops, a 3x3 convolution's im2col is pad + nine `narrow`s + `cat`,
+//! and its backward pass a chain of zero-padded copies; a 2x2 max pool back-propagates through
+//! broadcast comparisons. Each is a handful of full-size temporaries per layer and step, and
+//! they cost several times the matrix products themselves. Here each is one pass over memory.
+//! Inputs must be contiguous NHWC f32.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op} needs a contiguous input"),
+    }
+}
+
+fn dims4(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize, usize, usize)> {
+    match *layout.dims() {
+        [n, h, w, c] => Ok((n, h, w, c)),
+        ref other => candle_core::bail!("{op} needs [N, H, W, C], got {other:?}"),
+    }
+}
+
+/// `[N, H, W, C]` -> `[N*H*W, 9*C]`: row `(n, y, x)` holds the 3x3 neighbourhood (zero
+/// padded), ordered `(dy, dx, c)`.
+pub struct Im2Col3x3;
+
+impl CustomOp1 for Im2Col3x3 {
+    fn name(&self) -> &'static str {
+        "im2col3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let (n, h, w, c) = dims4(layout, self.name())?;
+        let mut out = vec![0f32; n * h * w * 9 * c];
+        for b in 0..n {
+            for y in 0..h {
+                for x0 in 0..w {
+                    let row = ((b * h + y) * w + x0) * 9 * c;
+                    for dy in 0..3 {
+                        let sy = y + dy;
+                        if sy == 0 || sy > h {
+                            continue;
+                        }
+                        for dx in 0..3 {
+                            let sx = x0 + dx;
+                            if sx == 0 || sx > w {
+                                continue;
+                            }
+                            let src = ((b * h + sy - 1) * w + sx - 1) * c;
+                            let dst = row + (dy * 3 + dx) * c;
+                            out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n * h * w, 9 * c))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (n, h, w, c) = arg.dims4()?;
+        Ok(Some(
+            grad_res
+                .contiguous()?
+                .apply_op1_no_bwd(&Col2Im3x3 { n, h, w, c })?,
+        ))
+    }
+}
+
+/// The adjoint of [`Im2Col3x3`]: sums every column entry back onto the pixel it came from.
+struct Col2Im3x3 {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl CustomOp1 for Col2Im3x3 {
+    fn name(&self) -> &'static str {
+        "col2im3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cols = contiguous_f32(storage, layout, self.name())?;
+        let Self { n, h, w, c } = *self;
+        if cols.len() != n * h * w * 9 * c {
+            candle_core::bail!("col2im3x3: {} values for {n}x{h}x{w}x{c}", cols.len());
+        }
+        let mut out = vec![0f32; n * h * w * c];
+        for b in 0..n {
+            for y in 0..h {
+                for x0 in 0..w {
+                    let row = ((b * h + y) * w + x0) * 9 * c;
+                    for dy in 0..3 {
+                        let sy = y + dy;
+                        if sy == 0 || sy > h {
+                            continue;
+                        }
+                        for dx in 0..3 {
+                            let sx = x0 + dx;
+                            if sx == 0 || sx > w {
+                                continue;
+                            }
+                            let dst = ((b * h + sy - 1) * w + sx - 1) * c;
+                            let src = row + (dy * 3 + dx) * c;
+                            for (o, v) in out[dst..dst + c].iter_mut().zip(&cols[src..src + c]) {
+                                *o += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
+    }
+}
+
+/// 2x2 max pooling, stride 2, on `[N, H, W, C]` (H and W even).
+pub struct MaxPool2;
+
+impl CustomOp1 for MaxPool2 {
+    fn name(&self) -> &'static str {
+        "maxpool2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let (n, h, w, c) = dims4(layout, self.name())?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![0f32; n * ho * wo * c];
+        for b in 0..n {
+            for y in 0..ho {
+                for x0 in 0..wo {
+                    let dst = ((b * ho + y) * wo + x0) * c;
+                    let at = |dy: usize, dx: usize| ((b * h + 2 * y + dy) * w + 2 * x0 + dx) * c;
+                    let (p, q, r, s) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                    for k in 0..c {
+                        out[dst + k] = x[p + k].max(x[q + k]).max(x[r + k]).max(x[s + k]);
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &MaxPool2Backward,
+        )?))
+    }
+}
+
+/// Routes each pooled gradient to the first maximum of its window (PyTorch does the same).
+struct MaxPool2Backward;
+
+impl CustomOp2 for MaxPool2Backward {
+    fn name(&self) -> &'static str {
+        "maxpool2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let (n, h, w, c) = dims4(l1, self.name())?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut out = vec![0f32; n * h * w * c];
+        for b in 0..n {
+            for y in 0..ho {
+                for x0 in 0..wo {
+                    let src = ((b * ho + y) * wo + x0) * c;
+                    let at = |dy: usize, dx: usize| ((b * h + 2 * y + dy) * w + 2 * x0 + dx) * c;
+                    let taps = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                    for k in 0..c {
+                        let mut best = taps[0];
+                        for &t in &taps[1..] {
+                            if x[t + k] > x[best + k] {
+                                best = t;
+                            }
+                        }
+                        out[best + k] = g[src + k];
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
+    }
+}
+
+/// Per-channel mean and (biased) variance of `[M, C]`, accumulated in f64: `[2, C]`.
+pub struct ChannelStats;
+
+fn channel_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let m = (x.len() / c).max(1) as f64;
+    let mut sum = vec![0f64; c];
+    let mut sq = vec![0f64; c];
+    for row in x.chunks_exact(c) {
+        for k in 0..c {
+            let v = f64::from(row[k]);
+            sum[k] += v;
+            sq[k] += v * v;
+        }
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let var = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, mu)| (q / m - mu * mu).max(0.0))
+        .collect();
+    (mean, var)
+}
+
+fn dims2(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize)> {
+    match *layout.dims() {
+        [m, c] => Ok((m, c)),
+        ref other => candle_core::bail!("{op} needs [M, C], got {other:?}"),
+    }
+}
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "channel-stats"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let (_, c) = dims2(layout, self.name())?;
+        let (mean, var) = channel_stats(x, c);
+        let out = mean.iter().chain(&var).map(|&v| v as f32).collect();
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// Train-mode batch norm (batch statistics) followed by ReLU, on `[M, C]` with `gamma` and
+/// `beta` of `[C]`. Fused because, from generic ops, the pair is some fifteen full-size passes
+/// forward and backward; here it is two forward and three backward.
+pub struct BatchNormRelu {
+    pub eps: f64,
+}
+
+impl candle_core::CustomOp3 for BatchNormRelu {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let gamma = contiguous_f32(s2, l2, self.name())?;
+        let beta = contiguous_f32(s3, l3, self.name())?;
+        let (m, c) = dims2(l1, self.name())?;
+        let (mean, var) = channel_stats(x, c);
+        let scale: Vec<f32> = (0..c)
+            .map(|k| (f64::from(gamma[k]) / (var[k] + self.eps).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..c)
+            .map(|k| beta[k] - (mean[k] as f32) * scale[k])
+            .collect();
+        let mut out = vec![0f32; m * c];
+        for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            for k in 0..c {
+                o[k] = (row[k] * scale[k] + shift[k]).max(0.0);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, _) = x.dims2()?;
+        let packed = x.apply_op3_no_bwd(
+            &res.contiguous()?,
+            &grad_res.contiguous()?,
+            &BatchNormReluBackward {
+                eps: self.eps,
+                gamma: gamma.to_vec1::<f32>()?,
+            },
+        )?;
+        Ok((
+            Some(packed.narrow(0, 0, m)?),
+            Some(packed.get(m)?),
+            Some(packed.get(m + 1)?),
+        ))
+    }
+}
+
+/// Gradients of [`BatchNormRelu`], packed as `[M + 2, C]`: `dx`, then `dgamma`, then `dbeta`.
+struct BatchNormReluBackward {
+    eps: f64,
+    gamma: Vec<f32>,
+}
+
+impl candle_core::CustomOp3 for BatchNormReluBackward {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let y = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let (m, c) = dims2(l1, self.name())?;
+        let (mean, var) = channel_stats(x, c);
+        let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        // With gm = g where the ReLU passed and 0 elsewhere, and xhat the normalised input:
+        // dbeta = sum(gm), dgamma = sum(gm * xhat),
+        // dx = gamma * inv / M * (M * gm - dbeta - xhat * dgamma).
+        let mut dbeta = vec![0f64; c];
+        let mut dgamma = vec![0f64; c];
+        for ((xr, yr), gr) in x
+            .chunks_exact(c)
+            .zip(y.chunks_exact(c))
+            .zip(g.chunks_exact(c))
+        {
+            for k in 0..c {
+                if yr[k] > 0.0 {
+                    let gm = f64::from(gr[k]);
+                    dbeta[k] += gm;
+                    dgamma[k] += gm * (f64::from(xr[k]) - mean[k]) * inv[k];
+                }
+            }
+        }
+        let mf = m as f64;
+        let a: Vec<f32> = (0..c)
+            .map(|k| (f64::from(self.gamma[k]) * inv[k]) as f32)
+            .collect();
+        let b: Vec<f32> = (0..c).map(|k| (dbeta[k] / mf) as f32).collect();
+        let d: Vec<f32> = (0..c).map(|k| (dgamma[k] / mf * inv[k]) as f32).collect();
+        let meanf: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+        let mut out = vec![0f32; (m + 2) * c];
+        for (((o, xr), yr), gr) in out
+            .chunks_exact_mut(c)
+            .zip(x.chunks_exact(c))
+            .zip(y.chunks_exact(c))
+            .zip(g.chunks_exact(c))
+        {
+            for k in 0..c {
+                let gm = if yr[k] > 0.0 { gr[k] } else { 0.0 };
+                o[k] = a[k] * (gm - b[k] - (xr[k] - meanf[k]) * d[k]);
+            }
+        }
+        for k in 0..c {
+            out[m * c + k] = dgamma[k] as f32;
+            out[(m + 1) * c + k] = dbeta[k] as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m + 2, c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let mut rng = crate::train::Rng::new(seed);
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = (0..n).map(|_| rng.uniform() as f32 - 0.5).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The im2col convolution and its gradients agree with candle's conv2d.
+    #[test]
+    fn im2col_conv_matches_candle_conv2d_forward_and_backward() {
+        let (n, h, w, c, o) = (2, 6, 4, 3, 5);
+        let x = Var::from_tensor(&rand((n, h, w, c), 1)).unwrap();
+        let k = Var::from_tensor(&rand((o, c, 3, 3), 2)).unwrap();
+        let ours = x
+            .apply_op1(Im2Col3x3)
+            .unwrap()
+            .matmul(
+                &k.permute((2, 3, 1, 0))
+                    .unwrap()
+                    .reshape((9 * c, o))
+                    .unwrap(),
+            )
+            .unwrap()
+            .reshape((n, h, w, o))
+            .unwrap();
+        let theirs = x
+            .permute((0, 3, 1, 2))
+            .unwrap()
+            .conv2d(&k, 1, 1, 1, 1)
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+        // A weighted sum makes every output position's gradient distinct.
+        let weights = rand((n, h, w, o), 3);
+        let g1 = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &k] {
+            assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-5);
+        }
+    }
+
+    /// Against the pool written as two `max` reductions (candle's own `max_pool2d` backward
+    /// scales a unique maximum's gradient by 1/4, so it is no reference for the gradient).
+    #[test]
+    fn maxpool_matches_max_reductions_and_routes_gradients_to_the_maximum() {
+        let x = Var::from_tensor(&rand((2, 4, 6, 3), 4)).unwrap();
+        let ours = x.apply_op1(MaxPool2).unwrap();
+        let theirs = x
+            .reshape((2, 2, 2, 3, 2, 3))
+            .unwrap()
+            .max(4)
+            .unwrap()
+            .max(2)
+            .unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-7);
+        let weights = rand((2, 2, 3, 3), 5);
+        let g1 = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-7);
+    }
+
+    /// The fused op and its gradients agree with batch norm + ReLU written with generic ops.
+    #[test]
+    fn batch_norm_relu_matches_generic_ops() {
+        let x = Var::from_tensor(&rand((1, 1, 40, 6), 6).reshape((40, 6)).unwrap()).unwrap();
+        let gamma =
+            Var::from_tensor(&(rand((1, 1, 1, 6), 7).reshape(6).unwrap() + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rand((1, 1, 1, 6), 8).reshape(6).unwrap()).unwrap();
+        let eps = 1e-5;
+        let ours = x
+            .apply_op3(gamma.as_tensor(), beta.as_tensor(), BatchNormRelu { eps })
+            .unwrap();
+        let mean = x.mean_keepdim(0).unwrap();
+        let centred = x.broadcast_sub(&mean).unwrap();
+        let var = centred.sqr().unwrap().mean_keepdim(0).unwrap();
+        let theirs = centred
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(gamma.as_tensor())
+            .unwrap()
+            .broadcast_add(beta.as_tensor())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+        let weights = rand((1, 1, 40, 6), 9).reshape((40, 6)).unwrap();
+        let g1 = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&theirs * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &gamma, &beta] {
+            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-5, "{d}");
+        }
+        let stats = x.apply_op1_no_bwd(&ChannelStats).unwrap();
+        let biased_var = centred.sqr().unwrap().mean_keepdim(0).unwrap();
+        assert!(max_diff(&stats.narrow(0, 0, 1).unwrap(), &mean) < 1e-6);
+        assert!(max_diff(&stats.narrow(0, 1, 1).unwrap(), &biased_var) < 1e-6);
+    }
+}
