@@ -14,7 +14,7 @@ case "$target" in
     *) echo "unsupported target $target" >&2; exit 2 ;;
 esac
 cargo build --config cross/config.toml --target "$target" --release -p edgemm
-out=target/$target/release
+out=${CARGO_TARGET_DIR:-target}/$target/release
 "$strip" -o "$out/edgemm.stripped" "$out/edgemm"
 printf '%s\n' "sizes for $target:"
 for f in edgemm.stripped libedgemm.a libedgemm.so; do

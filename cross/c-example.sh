@@ -10,12 +10,12 @@ case "$target" in
     armv7-unknown-linux-gnueabihf) cc=arm-linux-gnueabihf-gcc; qemu=(qemu-arm -L /usr/arm-linux-gnueabihf) ;;
     *) echo "unsupported target $target" >&2; exit 2 ;;
 esac
-out=target/$target/release
+out=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/$target/release
 "$cc" -std=c11 -Wall -Wextra -Wpedantic -Werror -O2 -Iruntime/include examples/c/classify.c \
     "$out/libedgemm.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o "$out/classify-static"
 photos=(grace_hopper.png cat.png hot_dog.jpg bird.png dragonfly.png)
 expected=("military uniform" "Egyptian cat" "hotdog" "chickadee" "dragonfly")
-result=$(cd models/samples/imagenet && "${qemu[@]}" "../../../$out/classify-static" \
+result=$(cd models/samples/imagenet && "${qemu[@]}" "$out/classify-static" \
     ../../repository efficientnet-lite0.tar.gz "${photos[@]}")
 echo "$result"
 for i in "${!photos[@]}"; do

@@ -9,7 +9,8 @@ root=$(cd "$here/../.." && pwd)
 cd "$root"
 
 cargo build -p edgemm
-edgemm=target/debug/edgemm
+target_dir=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
+edgemm=$target_dir/debug/edgemm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -29,7 +30,7 @@ manifest 4096 > "$work/big.json"
 "$edgemm" pack --manifest "$work/big.json" --random-seed 2 -o "$work/repo/big.tar.gz" >/dev/null
 head -c 4096 /dev/urandom > "$work/repo/corrupt.tar.gz"
 
-make -C "$here" --no-print-directory all
+make -C "$here" --no-print-directory TARGETDIR="$target_dir" all
 
 echo "--- example, static and shared"
 for variant in static shared; do
