@@ -1,0 +1,207 @@
+//! The shipped trained models, measured with `edgemm eval` from their artifacts alone (issue
+//! #3): on the samples in the repository on every run, on the full test sets when
+//! `../shared/data` is present. And the seeds' request shapes through the JSON path.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use edgemm::{Runtime, RuntimeOptions};
+use serde_json::{json, Value};
+
+fn samples(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/samples")
+        .join(set)
+}
+
+/// `$EDGEMM_DATA`, else `../shared/data` beside the repository, if it is there.
+fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("EDGEMM_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    dir.is_dir().then_some(dir)
+}
+
+/// Runs `edgemm eval --json` with `args` and returns its report.
+fn eval(model: &str, args: &[&std::ffi::OsStr]) -> Value {
+    let cache = tempfile::tempdir().unwrap();
+    let out = common::cli()
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["eval", "--json", "--model", model, "--repo"])
+        .arg(common::shipped_repository())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "edgemm eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn accuracy(report: &Value) -> f64 {
+    report["accuracy"].as_f64().unwrap()
+}
+
+/// The smallest per-class recall, with its label.
+fn worst_recall(report: &Value) -> (String, f64) {
+    report["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["label"].as_str().unwrap().to_string(),
+                c["recall"].as_f64().unwrap(),
+            )
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap()
+}
+
+fn runtime() -> (tempfile::TempDir, Runtime) {
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = RuntimeOptions::new(common::shipped_repository());
+    options.cache_dir = cache.path().to_path_buf();
+    (cache, Runtime::new(options).unwrap())
+}
+
+#[test]
+fn sign_language_on_the_shipped_samples() {
+    let report = eval(
+        "sign-language.tar.gz",
+        &[samples("sign-digits").as_os_str()],
+    );
+    assert_eq!(report["images"], 100, "{report}");
+    for class in report["classes"].as_array().unwrap() {
+        assert_eq!(class["support"], 10, "{class}");
+    }
+    // Measured: 95/100 (these photos are part of the 300-photo test split; the five misses
+    // are listed in the README's model card).
+    assert!(accuracy(&report) >= 0.95, "{report}");
+    let confusion = report["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), 10);
+    assert!(report["throughput"].as_f64().unwrap() > 0.0);
+}
+
+/// Acceptance 2 of issue #3, from the artifact alone. Measured: 289/300 = 96.3%, every
+/// digit's recall >= 93.3%. The per-class target (93%) is met; the accuracy target (98%) is
+/// not yet, so this holds the shipped model to what it measures, and the issue stays open.
+#[test]
+fn sign_language_on_the_full_test_split() {
+    let Some(data) = shared_data() else {
+        println!("skipped: ../shared/data not found (set EDGEMM_DATA to run it)");
+        return;
+    };
+    let csv = data.join("sign-digits/splits.csv");
+    let report = eval(
+        "sign-language.tar.gz",
+        &[
+            "--splits".as_ref(),
+            csv.as_os_str(),
+            "--split".as_ref(),
+            "test".as_ref(),
+        ],
+    );
+    assert_eq!(report["images"], 300, "{report}");
+    assert!(accuracy(&report) >= 0.96, "{report}");
+    let (label, recall) = worst_recall(&report);
+    assert!(recall >= 0.93, "recall of {label} is {recall}: {report}");
+}
+
+#[test]
+fn eval_refuses_a_folder_that_is_not_a_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("eleven");
+    std::fs::create_dir(&class).unwrap();
+    std::fs::copy(
+        samples("sign-digits").join("1").join(
+            std::fs::read_dir(samples("sign-digits").join("1"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name(),
+        ),
+        class.join("photo.jpg"),
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = common::cli()
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["eval", "--model", "sign-language.tar.gz", "--repo"])
+        .arg(common::shipped_repository())
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("label \"eleven\" is not one of the model's labels"),
+        "{stderr}"
+    );
+}
+
+/// An image as the seeds send it: `[H][W][3]` nested lists of numbers.
+fn nested(image: &image::RgbImage, scale: f64) -> Value {
+    let rows: Vec<Value> = (0..image.height())
+        .map(|y| {
+            let row: Vec<Value> = (0..image.width())
+                .map(|x| {
+                    let p = image.get_pixel(x, y);
+                    json!([
+                        f64::from(p[0]) * scale,
+                        f64::from(p[1]) * scale,
+                        f64::from(p[2]) * scale
+                    ])
+                })
+                .collect();
+            Value::Array(row)
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+fn top_label(predictions: &Value) -> usize {
+    let rows = predictions.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    let row: Vec<f64> = rows[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(row.len(), 10);
+    let sum: f64 = row.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
+    (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()
+}
+
+/// The seeds' sign-language call: `{"instances": [<1x224x224x3 floats in 0..255>]}`, the photo
+/// resized to 224x224 by the client and sent as raw pixels.
+#[test]
+fn seeds_sign_language_request_returns_the_right_digit() {
+    let (_cache, runtime) = runtime();
+    let model = runtime.model("sign-language.tar.gz").unwrap();
+    for digit in ["3", "7"] {
+        let dir = samples("sign-digits").join(digit);
+        let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        photos.sort();
+        let bytes = std::fs::read(&photos[0]).unwrap();
+        let image = edgemm::preprocess::decode_image(&bytes, &Default::default()).unwrap();
+        let image = edgemm::preprocess::resize(&image, &model.manifest.input);
+        let body = json!({ "instances": [nested(&image, 1.0)] }).to_string();
+        let answer =
+            edgemm::json::invoke_json(&runtime, "sign-language.tar.gz", body.as_bytes()).unwrap();
+        assert_eq!(answer.as_object().unwrap().len(), 1, "{answer}");
+        let top = top_label(&answer["predictions"]);
+        assert_eq!(model.manifest.labels[top], digit, "{}", photos[0].display());
+    }
+}
