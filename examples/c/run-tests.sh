@@ -45,6 +45,17 @@ for variant in static shared; do
     done
 done
 
+echo "--- example, static, sign-language model on the 100 shipped sign samples"
+out=$("$here/classify-static" models/repository sign-language.tar.gz models/samples/sign-digits/*/*.JPG)
+# Each line is "…/sign-digits/<digit>/<file>: <top label> <probability>, …".
+read -r correct total < <(awk -F': ' '/sign-digits/ {
+        n = split($1, parts, "/"); split($2, top, " ");
+        total++; if (top[1] == parts[n - 1]) correct++ }
+    END { print correct + 0, total + 0 }' <<<"$out")
+echo "sign-language from C: $correct/$total correct"
+[ "$total" -eq 100 ] && [ "$correct" -ge 95 ] \
+    || { echo "sign-language from C: expected >= 95/100 correct"; exit 1; }
+
 echo "--- C tests"
 "$here/test-static" "$work/repo" "$work/cache-plain"
 echo "--- C tests under AddressSanitizer + UBSan"
