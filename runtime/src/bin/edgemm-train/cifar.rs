@@ -223,17 +223,7 @@ pub fn run(args: Args) -> AnyResult<()> {
 
     let weights = args.work.join("model.safetensors");
     checkpoint::save_weights(&varmap, &weights)?;
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let packed = edgemm::artifact::pack(&manifest, &weights, &args.out)?;
-    println!(
-        "packed {} (weights sha256 {}) [total {:.0} s]",
-        args.out.display(),
-        packed.weights.sha256,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    data::pack(&manifest, &weights, &args.out, started)
 }
 
 /// Zero-pad 4 pixels on every side, cut a random 32x32 window, mirror it half the time.

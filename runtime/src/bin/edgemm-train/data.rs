@@ -12,6 +12,26 @@ use crate::AnyResult;
 
 /// A manifest source file (`models/manifests/*.json`): a manifest whose `weights.sha256` is
 /// filled in when it is packed.
+/// Packs the trained weights into the artifact at `out` and reports it with the total time.
+pub fn pack(
+    manifest: &Manifest,
+    weights: &Path,
+    out: &Path,
+    started: std::time::Instant,
+) -> AnyResult<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let packed = edgemm::artifact::pack(manifest, weights, out)?;
+    println!(
+        "packed {} (weights sha256 {}) [total {:.0} s]",
+        out.display(),
+        packed.weights.sha256,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn read_manifest_source(path: &Path) -> AnyResult<Manifest> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
