@@ -97,3 +97,20 @@ fn cli_reports_a_missing_model_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    // `edgemm inspect ARTIFACT | head -1`: the reader is gone before the first line is written.
+    let mut child = common::cli()
+        .arg("inspect")
+        .arg(common::shipped_repository().join("efficientnet-lite0.tar.gz"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+}

@@ -208,32 +208,36 @@ pub fn run(
         mistakes,
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_text(&report, labels);
+        print_text(&report, labels)?;
     }
     Ok(())
 }
 
-fn print_text(r: &Report, labels: &[String]) {
-    println!("model       {}", r.model);
-    println!(
+fn print_text(r: &Report, labels: &[String]) -> AnyResult<()> {
+    out!("model       {}", r.model);
+    out!(
         "accuracy    {:.4} ({}/{} images)",
-        r.accuracy, r.correct, r.images
+        r.accuracy,
+        r.correct,
+        r.images
     );
-    println!(
+    out!(
         "throughput  {:.1} images/s (batch {}, {:.1} s; decode, preprocess and inference)",
-        r.throughput, r.batch, r.seconds
+        r.throughput,
+        r.batch,
+        r.seconds
     );
     let width = labels.iter().map(|l| l.len()).max().unwrap_or(5).max(5);
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<width$}  precision  recall  support",
         "class",
         width = width
     );
     for c in &r.classes {
-        println!(
+        out!(
             "{:<width$}  {:>9.4}  {:>6.4}  {:>7}",
             c.label,
             c.precision,
@@ -242,8 +246,8 @@ fn print_text(r: &Report, labels: &[String]) {
             width = width
         );
     }
-    println!();
-    println!("confusion matrix (rows: actual, columns: predicted, in the order above)");
+    out!();
+    out!("confusion matrix (rows: actual, columns: predicted, in the order above)");
     let cell = r
         .confusion
         .iter()
@@ -254,13 +258,14 @@ fn print_text(r: &Report, labels: &[String]) {
         .max(3);
     for (label, row) in labels.iter().zip(&r.confusion) {
         let cells: Vec<String> = row.iter().map(|n| format!("{n:>cell$}")).collect();
-        println!("{label:<width$}  {}", cells.join(" "), width = width);
+        out!("{label:<width$}  {}", cells.join(" "), width = width);
     }
     if !r.mistakes.is_empty() && r.mistakes.len() <= 50 {
-        println!();
-        println!("mistakes (image: actual -> predicted)");
+        out!();
+        out!("mistakes (image: actual -> predicted)");
         for (path, a, p) in &r.mistakes {
-            println!("  {path}: {a} -> {p}");
+            out!("  {path}: {a} -> {p}");
         }
     }
+    Ok(())
 }

@@ -1,5 +1,14 @@
 //! The `edgemm` command: pack, inspect, predict, invoke, eval.
 
+/// `println!` that returns the write error instead of panicking, so `edgemm inspect | head`
+/// ends quietly when the reader goes away (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod eval;
 
 use std::io::Read;
@@ -165,6 +174,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our standard output went away (`edgemm inspect | head`): not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             let mut source = std::error::Error::source(e.as_ref());
@@ -277,7 +293,7 @@ fn pack(
     let manifest = edgemm::Manifest::from_json(value.to_string().as_bytes())
         .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
     let packed = artifact::pack(&manifest, &weights, output)?;
-    println!(
+    out!(
         "packed {} ({} bytes): {} with {} labels, weights sha256 {}",
         output.display(),
         std::fs::metadata(output)?.len(),
@@ -327,18 +343,18 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
         .join("inspect");
     let info = artifact::inspect(path, &scratch, edgemm::ArtifactLimits::default())?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        out!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
     let m = &info.manifest;
-    println!(
+    out!(
         "artifact      {} ({} bytes, verified)",
         path.display(),
         info.archive_bytes
     );
-    println!("format        {}", m.format_version);
-    println!("architecture  {} {}", m.architecture, m.config);
-    println!(
+    out!("format        {}", m.format_version);
+    out!("architecture  {} {}", m.architecture, m.config);
+    out!(
         "labels        {} ({} ...)",
         m.labels.len(),
         m.labels
@@ -348,7 +364,7 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!(
+    out!(
         "input         {}x{}x{} {:?}, resize {:?}, scale {}, mean {:?}, std {:?}, tensors read as {:?}",
         m.input.height,
         m.input.width,
@@ -360,28 +376,33 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
         m.input.std,
         m.input.tensor_values
     );
-    println!("output        {:?}", m.output);
-    println!(
+    out!("output        {:?}", m.output);
+    out!(
         "weights       {} bytes, {}, sha256 {}",
-        info.weights_bytes, m.weights.dtype, info.sha256
+        info.weights_bytes,
+        m.weights.dtype,
+        info.sha256
     );
     if let Some(d) = &m.description {
-        println!("description   {d}");
+        out!("description   {d}");
     }
     let params: usize = info
         .tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>())
         .sum();
-    println!(
+    out!(
         "tensors       {} ({} parameters)",
         info.tensors.len(),
         params
     );
     for t in &info.tensors {
-        println!(
+        out!(
             "  {:<40} {:<5} {:?} {} B",
-            t.name, t.dtype, t.shape, t.bytes
+            t.name,
+            t.dtype,
+            t.shape,
+            t.bytes
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -410,7 +431,7 @@ fn predict(
                     "top_k": response.predictions[0].top_k,
                     "timing": response.timing,
                 });
-                println!("{line}");
+                out!("{line}");
             }
             Ok(response) => {
                 let top: Vec<String> = response.predictions[0]
@@ -418,7 +439,7 @@ fn predict(
                     .iter()
                     .map(|s| format!("{} {:.3}", s.label, s.probability))
                     .collect();
-                println!(
+                out!(
                     "{}: {}  [{:.1} ms]",
                     path.display(),
                     top.join(", "),
@@ -458,7 +479,7 @@ fn stats(settings: &Settings, repo: &Path, load: &[String]) -> AnyResult<ExitCod
         "models": cache.list()?,
         "metrics": cache.metrics(),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    out!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -479,11 +500,11 @@ fn invoke(settings: &Settings, repo: &Path, model: &str, body: &Path) -> AnyResu
     });
     match result {
         Ok(value) => {
-            println!("{value}");
+            out!("{value}");
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("{}", json::error_body(&e));
+            out!("{}", json::error_body(&e));
             Ok(ExitCode::FAILURE)
         }
     }
