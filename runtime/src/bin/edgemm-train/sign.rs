@@ -200,8 +200,7 @@ fn features(
         "augment": args.augment,
         "seed": args.seed,
     });
-    let cache = args.work.join("features.safetensors");
-    let cache_key = args.work.join("features.json");
+    let cache = Cached::new(&args.work, "features", "features", &key);
 
     // Row order: every photo in splits.csv order, then the augmented views of the training
     // photos, view by view.
@@ -224,18 +223,13 @@ fn features(
         }
     }
 
-    let x = if std::fs::read_to_string(&cache_key).ok() == Some(key.to_string()) {
-        candle_core::safetensors::load(&cache, &Device::Cpu)?
-            .remove("features")
-            .ok_or("feature cache has no tensor \"features\"")?
-    } else {
-        let x = extract(args, &root, &rows, &originals, manifest, backbone)?;
-        candle_core::safetensors::save(
-            &HashMap::from([("features".to_string(), x.clone())]),
-            &cache,
-        )?;
-        std::fs::write(&cache_key, key.to_string())?;
-        x
+    let x = match cache.load()? {
+        Some(x) => x,
+        None => {
+            let x = extract(args, &root, &rows, &originals, manifest, backbone)?;
+            cache.store(&x)?;
+            x
+        }
     };
     if x.dims() != [y.len(), FEATURES] {
         return Err(format!(
@@ -508,30 +502,22 @@ fn trunk_outputs(
         "backbone": edgemm::artifact::sha256_file(&data.join("efficientnet-lite0/efficientnet_lite0.safetensors"))?,
         "blocks": args.fine_tune_from,
     });
-    let cache = args
-        .work
-        .join(format!("trunk-{}.safetensors", args.fine_tune_from));
-    let cache_key = cache.with_extension("json");
-    if std::fs::read_to_string(&cache_key).ok() == Some(key.to_string()) {
-        return candle_core::safetensors::load(&cache, &Device::Cpu)?
-            .remove("trunk")
-            .ok_or_else(|| "trunk cache has no tensor \"trunk\"".into());
+    let trunk_cache = |blocks: usize| {
+        let mut key = key.clone();
+        key["blocks"] = blocks.into();
+        Cached::new(&args.work, &format!("trunk-{blocks}"), "trunk", &key)
+    };
+    let cache = trunk_cache(args.fine_tune_from);
+    if let Some(trunk) = cache.load()? {
+        return Ok(trunk);
     }
     let net = network(tensors)?;
     // A cached trunk that stops earlier is carried forward through the blocks in between,
     // which costs a small part of computing the trunk from the photos.
     for earlier in (1..args.fine_tune_from).rev() {
-        let path = args.work.join(format!("trunk-{earlier}.safetensors"));
-        let mut earlier_key = key.clone();
-        earlier_key["blocks"] = earlier.into();
-        if std::fs::read_to_string(path.with_extension("json")).ok()
-            != Some(earlier_key.to_string())
-        {
+        let Some(cached) = trunk_cache(earlier).load()? else {
             continue;
-        }
-        let cached = candle_core::safetensors::load(&path, &Device::Cpu)?
-            .remove("trunk")
-            .ok_or("trunk cache has no tensor \"trunk\"")?;
+        };
         let mut out = Vec::new();
         for start in (0..cached.dim(0)?).step_by(64) {
             let len = 64.min(cached.dim(0)? - start);
@@ -542,11 +528,7 @@ fn trunk_outputs(
             )?);
         }
         let trunk = Tensor::cat(&out, 0)?;
-        candle_core::safetensors::save(
-            &HashMap::from([("trunk".to_string(), trunk.clone())]),
-            &cache,
-        )?;
-        std::fs::write(&cache_key, key.to_string())?;
+        cache.store(&trunk)?;
         return Ok(trunk);
     }
     let spec = &manifest.input;
@@ -579,12 +561,47 @@ fn trunk_outputs(
     }
     bar.finish_and_clear();
     let trunk = Tensor::cat(&out, 0)?;
-    candle_core::safetensors::save(
-        &HashMap::from([("trunk".to_string(), trunk.clone())]),
-        &cache,
-    )?;
-    std::fs::write(&cache_key, key.to_string())?;
+    cache.store(&trunk)?;
     Ok(trunk)
+}
+
+/// A tensor computed once and kept in the work directory as `NAME.safetensors`, beside
+/// `NAME.json` holding the key (photos, input spec, backbone checksum, settings) it was
+/// computed for; under another key it is computed again.
+struct Cached {
+    file: PathBuf,
+    key: String,
+    tensor: &'static str,
+}
+
+impl Cached {
+    fn new(work: &Path, name: &str, tensor: &'static str, key: &serde_json::Value) -> Self {
+        Self {
+            file: work.join(format!("{name}.safetensors")),
+            key: key.to_string(),
+            tensor,
+        }
+    }
+
+    fn load(&self) -> AnyResult<Option<Tensor>> {
+        if std::fs::read_to_string(self.file.with_extension("json")).ok() != Some(self.key.clone())
+        {
+            return Ok(None);
+        }
+        let tensor = candle_core::safetensors::load(&self.file, &Device::Cpu)?
+            .remove(self.tensor)
+            .ok_or_else(|| format!("{} has no tensor {:?}", self.file.display(), self.tensor))?;
+        Ok(Some(tensor))
+    }
+
+    fn store(&self, tensor: &Tensor) -> AnyResult<()> {
+        candle_core::safetensors::save(
+            &HashMap::from([(self.tensor.to_string(), tensor.clone())]),
+            &self.file,
+        )?;
+        std::fs::write(self.file.with_extension("json"), &self.key)?;
+        Ok(())
+    }
 }
 
 /// Whether the fine-tuning phase trains tensor `name`: the last blocks, the head convolution
