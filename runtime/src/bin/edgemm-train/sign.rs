@@ -193,13 +193,9 @@ fn features(
 ) -> AnyResult<Features> {
     let root = data.join("sign-digits");
     let rows = data::read_splits(&root.join("splits.csv"))?;
-    let key = serde_json::json!({
-        "photos": rows.iter().map(|r| &r.path).collect::<Vec<_>>(),
-        "input": manifest.input,
-        "backbone": edgemm::artifact::sha256_file(&data.join("efficientnet-lite0/efficientnet_lite0.safetensors"))?,
-        "augment": args.augment,
-        "seed": args.seed,
-    });
+    let mut key = cache_key(data, &rows, manifest)?;
+    key["augment"] = args.augment.into();
+    key["seed"] = args.seed.into();
     let cache = Cached::new(&args.work, "features", "features", &key);
 
     // Row order: every photo in splits.csv order, then the augmented views of the training
@@ -496,12 +492,7 @@ fn trunk_outputs(
 ) -> AnyResult<Tensor> {
     let root = data.join("sign-digits");
     let rows = data::read_splits(&root.join("splits.csv"))?;
-    let key = serde_json::json!({
-        "photos": rows.iter().map(|r| &r.path).collect::<Vec<_>>(),
-        "input": manifest.input,
-        "backbone": edgemm::artifact::sha256_file(&data.join("efficientnet-lite0/efficientnet_lite0.safetensors"))?,
-        "blocks": args.fine_tune_from,
-    });
+    let key = cache_key(data, &rows, manifest)?;
     let trunk_cache = |blocks: usize| {
         let mut key = key.clone();
         key["blocks"] = blocks.into();
@@ -563,6 +554,20 @@ fn trunk_outputs(
     let trunk = Tensor::cat(&out, 0)?;
     cache.store(&trunk)?;
     Ok(trunk)
+}
+
+/// What every cached tensor depends on: the photos, the input spec and the backbone.
+fn cache_key(
+    data: &Path,
+    rows: &[SplitRow],
+    manifest: &edgemm::Manifest,
+) -> AnyResult<serde_json::Value> {
+    let backbone = data.join("efficientnet-lite0/efficientnet_lite0.safetensors");
+    Ok(serde_json::json!({
+        "photos": rows.iter().map(|r| &r.path).collect::<Vec<_>>(),
+        "input": manifest.input,
+        "backbone": edgemm::artifact::sha256_file(&backbone)?,
+    }))
 }
 
 /// A tensor computed once and kept in the work directory as `NAME.safetensors`, beside
