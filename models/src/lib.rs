@@ -33,6 +33,7 @@ pub mod alexnet_small;
 pub mod efficientnet_lite0;
 pub mod golden;
 pub mod init;
+pub mod kernels;
 mod layers;
 #[cfg(feature = "train")]
 pub mod train;
@@ -40,6 +41,8 @@ pub mod vgg16;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+
+pub use layers::Padding;
 
 /// Errors raised while validating a config or building a network.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub enum Error {
         architecture: &'static str,
         reason: String,
     },
+    #[error("unknown kernels {value:?} in EDGEMM_KERNELS (known here: {known})")]
+    Kernels { value: String, known: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,0 +1,36 @@
+//! The portable GEMM microkernel: plain Rust, a 4 x 8 tile, for any target.
+
+use super::gemm::Microkernel;
+
+pub(super) const PORTABLE: Microkernel = Microkernel {
+    mr: MR,
+    nr: NR,
+    run: portable_4x8,
+};
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+/// # Safety
+/// See [`Microkernel::run`].
+unsafe fn portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
+    // SAFETY: the caller guarantees the sizes of the three operands.
+    let (a, b, c) = unsafe {
+        (
+            std::slice::from_raw_parts(a, kc * MR),
+            std::slice::from_raw_parts(b, kc * NR),
+            std::slice::from_raw_parts_mut(c, MR * NR),
+        )
+    };
+    let mut acc = [[0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for (row, &ai) in acc.iter_mut().zip(ap) {
+            for (v, &bj) in row.iter_mut().zip(bp) {
+                *v += ai * bj;
+            }
+        }
+    }
+    for (dst, row) in c.chunks_exact_mut(NR).zip(&acc) {
+        dst.copy_from_slice(row);
+    }
+}
