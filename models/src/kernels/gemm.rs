@@ -165,6 +165,10 @@ impl Epilogue<'_> {
     };
 }
 
+/// Up to this many rows, a product is a few matrix-vector products: a full `MR`-row tile would
+/// mostly multiply zeros, and the time goes into streaming `B` once anyway.
+const GEMV_ROWS: usize = 2;
+
 thread_local! {
     /// Each thread's packed block of `A`, reused across calls.
     static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -181,6 +185,9 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     }
     let mk = Microkernel::for_isa(isa);
     let strips = n.div_ceil(mk.nr);
+    if m <= GEMV_ROWS {
+        return gemv(isa, a, b, c, epilogue);
+    }
     let panels_per_block = (MC / mk.mr).max(1);
     let row_blocks = m.div_ceil(mk.mr).div_ceil(panels_per_block);
     // Enough blocks for every thread: split the columns when the rows alone are too few.
@@ -281,6 +288,54 @@ unsafe fn gemm_block(
     });
 }
 
+/// `c = epilogue(a · b)` row by row, for products of very few rows: each strip of `B` is
+/// streamed once per row, strips shared out over rayon's pool.
+fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue) {
+    let (m, k, n, nr) = (a.rows(), b.k, b.n, b.nr);
+    let mut rows = vec![0f32; m * k];
+    for (r, row) in rows.chunks_exact_mut(k.max(1)).enumerate().take(m) {
+        a.pack(r, 0, k, 1, row);
+    }
+    let out = SyncPtr(c.as_mut_ptr());
+    (0..n.div_ceil(nr)).into_par_iter().for_each(|s| {
+        let out = out;
+        let col0 = s * nr;
+        let cols = nr.min(n - col0);
+        let mut acc = vec![0f32; nr];
+        for (r, row) in rows.chunks_exact(k.max(1)).enumerate().take(m) {
+            gemv_strip(isa, row, b.strip(s), &mut acc);
+            // SAFETY: strip s owns columns col0..col0+cols of every row; `c` outlives the loop.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + col0), cols) };
+            let bias = epilogue.bias.map(|b| &b[col0..col0 + cols]);
+            let residual = epilogue
+                .residual
+                .map(|res| &res[r * n + col0..r * n + col0 + cols]);
+            store_last(
+                isa,
+                &acc[..cols],
+                dst,
+                false,
+                bias,
+                epilogue.activation,
+                residual,
+            );
+        }
+    });
+}
+
+multiversion! {
+    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`.
+    fn gemv_strip(row: &[f32], strip: &[f32], acc: &mut [f32]) {
+        let nr = acc.len();
+        acc.fill(0.0);
+        for (x, w) in row.iter().zip(strip.chunks_exact(nr)) {
+            for (a, w) in acc.iter_mut().zip(w) {
+                *a += *x * *w;
+            }
+        }
+    }
+}
+
 multiversion! {
     /// An intermediate depth block: `dst = src` or `dst += src`.
     fn store_partial(src: &[f32], dst: &mut [f32], accumulate: bool) {
@@ -360,6 +415,7 @@ mod tests {
                 (50, 300, 70),
                 (145, 513, 33),
                 (8, 1000, 10),
+                (2, 700, 100),
                 (200, 27, 64),
             ] {
                 let a = rng.vec(m * k);

@@ -11,6 +11,7 @@
 //! - [`conv`]: dense convolution (any kernel, stride, padding) through that GEMM;
 //! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(2x2, 3x3), 2.25x fewer multiplies;
 //! - [`depthwise`]: depthwise convolution vectorised over channels;
+//! - [`dense`]: fully connected layers;
 //! - [`pool`]: 2x2 max pooling and global average pooling.
 //!
 //! # Instruction sets
@@ -23,6 +24,7 @@
 //! tests run the portable fallback on any machine.
 
 pub mod conv;
+pub mod dense;
 pub mod depthwise;
 pub mod gemm;
 mod generic;
