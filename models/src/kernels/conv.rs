@@ -3,9 +3,11 @@
 //! Output pixels are the GEMM's rows, output channels its columns and `(ky, kx, c_in)` its
 //! depth. The left operand is an implicit im2col ([`Im2col`]): each `MR x KC` panel is
 //! gathered from the input when it is packed, so no im2col buffer is ever built. A 1x1
-//! stride-1 convolution degenerates to packing rows of the input as they are.
+//! stride-1 convolution degenerates to packing rows of the input as they are. 3x3 stride-1
+//! convolutions with enough input channels go through [`Winograd`] instead.
 
 use super::gemm::{self, Epilogue, PackA, PackedB};
+use super::winograd::Winograd;
 use super::{Activation, Isa};
 use crate::layers::Padding;
 
@@ -107,22 +109,71 @@ impl PackA for Im2col<'_> {
     }
 }
 
-/// A convolution with its weights packed for the GEMM (batch norm already folded in).
+/// Below this many input channels a 3x3 convolution stays on im2col: Winograd's transforms
+/// cost per channel what its smaller GEMMs save per channel pair.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// How a [`Conv`] computes.
+enum Algorithm {
+    /// Implicit im2col and one GEMM; the weights packed as its right operand.
+    Im2col(PackedB),
+    Winograd(Winograd),
+}
+
+/// A convolution with its weights packed for its algorithm (batch norm already folded in).
 pub struct Conv {
     pub c_in: usize,
     pub c_out: usize,
     pub kernel: usize,
     pub stride: usize,
     pub padding: Padding,
-    weights: PackedB,
+    algorithm: Algorithm,
     bias: Vec<f32>,
     pub activation: Activation,
 }
 
 impl Conv {
     /// `weight` is OIHW `[c_out, c_in, kernel, kernel]` (PyTorch's layout), `bias` `[c_out]`.
+    /// 3x3 stride-1 convolutions with at least 16 input channels use Winograd, the others
+    /// im2col.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        isa: Isa,
+        weight: &[f32],
+        bias: Vec<f32>,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Self {
+        if kernel == 3 && stride == 1 && c_in >= WINOGRAD_MIN_CHANNELS {
+            assert_eq!(bias.len(), c_out);
+            Self {
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                algorithm: Algorithm::Winograd(Winograd::new(isa, weight, c_in, c_out)),
+                bias,
+                activation,
+            }
+        } else {
+            Self::direct(
+                isa,
+                weight,
+                bias,
+                (c_in, c_out, kernel),
+                stride,
+                padding,
+                activation,
+            )
+        }
+    }
+
+    /// As [`Conv::new`], always through im2col.
+    #[allow(clippy::too_many_arguments)]
+    pub fn direct(
         isa: Isa,
         weight: &[f32],
         bias: Vec<f32>,
@@ -145,7 +196,7 @@ impl Conv {
             kernel,
             stride,
             padding,
-            weights,
+            algorithm: Algorithm::Im2col(weights),
             bias,
             activation,
         }
@@ -157,7 +208,11 @@ impl Conv {
 
     /// Bytes of packed weights and bias.
     pub fn bytes(&self) -> usize {
-        self.weights.bytes() + 4 * self.bias.len()
+        let weights = match &self.algorithm {
+            Algorithm::Im2col(w) => w.bytes(),
+            Algorithm::Winograd(w) => w.bytes(),
+        };
+        weights + 4 * self.bias.len()
     }
 
     /// `output = activation(conv(input) + bias) + residual`; `input` is NHWC `(n, h, w)` with
@@ -171,13 +226,26 @@ impl Conv {
         residual: Option<&[f32]>,
     ) {
         let geometry = self.geometry(dims);
-        let a = Im2col { input, geometry };
-        let epilogue = Epilogue {
-            bias: Some(&self.bias),
-            activation: self.activation,
-            residual,
-        };
-        gemm::gemm(isa, &a, &self.weights, output, &epilogue);
+        match &self.algorithm {
+            Algorithm::Im2col(weights) => {
+                let a = Im2col { input, geometry };
+                let epilogue = Epilogue {
+                    bias: Some(&self.bias),
+                    activation: self.activation,
+                    residual,
+                };
+                gemm::gemm(isa, &a, weights, output, &epilogue);
+            }
+            Algorithm::Winograd(w) => w.run(
+                isa,
+                input,
+                &geometry,
+                &self.bias,
+                self.activation,
+                residual,
+                output,
+            ),
+        }
     }
 }
 

@@ -94,6 +94,11 @@ impl PackedB {
         self.n
     }
 
+    /// Columns per strip.
+    pub fn nr(&self) -> usize {
+        self.nr
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
@@ -211,6 +216,26 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     } else {
         (0..blocks).into_par_iter().for_each(run);
     }
+}
+
+/// `c[M x N] = a · b` for the column strips `strips` (of [`PackedB::nr`] columns each) only,
+/// on the calling thread alone: for kernels that share out work of their own (Winograd's
+/// tiles).
+pub(crate) fn gemm_serial(
+    isa: Isa,
+    a: &dyn PackA,
+    b: &PackedB,
+    c: &mut [f32],
+    strips: std::ops::Range<usize>,
+) {
+    let (m, n) = (a.rows(), b.n);
+    assert_eq!(b.isa, isa, "weights packed for another instruction set");
+    assert_eq!(a.depth(), b.k, "inner dimensions differ");
+    assert!(c.len() >= m * n, "output too small");
+    assert!(strips.end <= n.div_ceil(b.nr), "strips out of range");
+    let mk = Microkernel::for_isa(isa);
+    // SAFETY: the whole of `c`, borrowed mutably here, is written by this thread only.
+    unsafe { gemm_block(isa, mk, a, b, c.as_mut_ptr(), 0..m, strips, &Epilogue::NONE) };
 }
 
 /// One block of rows and column strips, serially.

@@ -29,6 +29,7 @@ pub mod depthwise;
 pub mod gemm;
 mod generic;
 pub mod pool;
+pub mod winograd;
 
 #[cfg(target_arch = "aarch64")]
 mod arm64;
@@ -198,6 +199,35 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// [`multiversion!`] for an `unsafe fn`: the caller upholds the body's `# Safety` contract.
+macro_rules! multiversion_unsafe {
+    ($(#[$meta:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis unsafe fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            unsafe fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            match isa.arch() {
+                // SAFETY: an `Isa` holds an instruction set only when the CPU has it; the rest
+                // of the contract is the caller's.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx2 => unsafe { avx2($($arg),*) },
+                // SAFETY: the caller upholds the contract.
+                _ => unsafe { body($($arg),*) },
+            }
+        }
+    };
+}
+pub(crate) use multiversion_unsafe;
 
 impl Isa {
     fn arch(self) -> Arch {
