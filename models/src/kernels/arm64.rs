@@ -13,7 +13,14 @@ pub(super) const NEON: Microkernel = Microkernel {
 /// # Safety
 /// See [`Microkernel::run`]; NEON is part of the aarch64 baseline.
 #[target_feature(enable = "neon")]
-unsafe fn neon_8x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
+unsafe fn neon_8x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     const MR: usize = 8;
     let mut acc = [vdupq_n_f32(0.0); 2 * MR];
     for p in 0..kc {
@@ -40,7 +47,15 @@ unsafe fn neon_8x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
         }
     }
     for (i, v) in acc.iter().enumerate() {
-        // SAFETY: c has room for MR * 8 values; vector i covers c[4 i .. 4 i + 4].
-        unsafe { vst1q_f32(c.add(4 * i), *v) };
+        // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
+        unsafe {
+            let at = c.add((i / 2) * ldc + 4 * (i % 2));
+            let v = if accumulate {
+                vaddq_f32(*v, vld1q_f32(at))
+            } else {
+                *v
+            };
+            vst1q_f32(at, v);
+        }
     }
 }

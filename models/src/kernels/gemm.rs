@@ -23,16 +23,24 @@ const KC: usize = 256;
 /// of `A` in L2.
 const MC: usize = 144;
 
-/// The register-tile kernel of one instruction set: `c[MR x NR] = a · b` where `a` is a packed
-/// `KC x MR` panel (row `p` holds `MR` values) and `b` a packed `KC x NR` strip.
+/// The register-tile kernel of one instruction set: `c[MR x NR] (+)= a · b` where `a` is a
+/// packed `KC x MR` panel (row `p` holds `MR` values), `b` a packed `KC x NR` strip and `c`
+/// an `MR x NR` tile whose rows are `ldc` apart, overwritten or, with `accumulate`, added to.
 #[derive(Clone, Copy)]
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
     /// # Safety
-    /// `a` holds `kc * mr` values, `b` holds `kc * nr`, `c` has room for `mr * nr`, and the
-    /// CPU supports the instruction set the kernel was compiled for.
-    pub run: unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32),
+    /// `a` holds `kc * mr` values, `b` holds `kc * nr`, `c` points to `mr` rows of `nr`
+    /// writable values `ldc` apart, and the CPU supports the kernel's instruction set.
+    pub run: unsafe fn(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ),
 }
 
 impl Microkernel {
@@ -116,6 +124,47 @@ pub trait PackA: Sync {
     /// Writes rows `m0 .. m0+mr` (zeros past [`PackA::rows`]) at depths `k0 .. k0+kc` into
     /// `out[p * mr + r]`.
     fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]);
+
+    /// The whole operand already packed for panels of `mr` rows, when the source stores it
+    /// so: panel `p` at `p * K * mr`, its depth `k` at `+ k * mr`, rows past `M` anything.
+    fn prepacked(&self, _mr: usize) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// An `M x K` operand stored packed: see [`PackA::prepacked`].
+pub struct Panels<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub mr: usize,
+}
+
+impl PackA for Panels<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn depth(&self) -> usize {
+        self.cols
+    }
+
+    fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+        for r in 0..mr {
+            let m = m0 + r;
+            for p in 0..kc {
+                out[p * mr + r] = if m < self.rows {
+                    self.data[(m / self.mr * self.cols + k0 + p) * self.mr + m % self.mr]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    fn prepacked(&self, mr: usize) -> Option<&[f32]> {
+        (mr == self.mr).then_some(self.data)
+    }
 }
 
 /// A row-major `rows x cols` matrix.
@@ -168,6 +217,10 @@ impl Epilogue<'_> {
         activation: Activation::None,
         residual: None,
     };
+
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && self.activation == Activation::None && self.residual.is_none()
+    }
 }
 
 /// Up to this many rows, a product is a few matrix-vector products: a full `MR`-row tile would
@@ -258,21 +311,34 @@ unsafe fn gemm_block(
     let k_blocks = k.div_ceil(KC).max(1);
     let kc_max = k.div_ceil(k_blocks);
     let panels = rows.len().div_ceil(mr);
+    let prepacked = a.prepacked(mr);
+    assert!(
+        prepacked.is_none() || rows.start % mr == 0,
+        "prepacked rows start a panel"
+    );
     let mut tile = vec![0f32; mr * nr];
     PACK_A.with_borrow_mut(|packed| {
-        packed.resize(panels * kc_max * mr, 0.0);
+        if prepacked.is_none() {
+            packed.resize(panels * kc_max * mr, 0.0);
+        }
         for kb in 0..k_blocks {
             let k0 = kb * kc_max;
             let kc = kc_max.min(k - k0);
-            for p in 0..panels {
-                a.pack(
-                    rows.start + p * mr,
-                    k0,
-                    kc,
-                    mr,
-                    &mut packed[p * kc * mr..(p + 1) * kc * mr],
-                );
-            }
+            // Panel p of this depth block starts at panel_at(p).
+            let (source, panel_at): (&[f32], Box<dyn Fn(usize) -> usize>) = match prepacked {
+                Some(all) => {
+                    let first = rows.start / mr;
+                    (all, Box::new(move |p| (first + p) * k * mr + k0 * mr))
+                }
+                None => {
+                    for p in 0..panels {
+                        let out = &mut packed[p * kc * mr..(p + 1) * kc * mr];
+                        a.pack(rows.start + p * mr, k0, kc, mr, out);
+                    }
+                    (&packed[..], Box::new(move |p| p * kc * mr))
+                }
+            };
+            let accumulate = kb > 0;
             let last = kb + 1 == k_blocks;
             for s in strips.clone() {
                 let strip = &b.strip(s)[k0 * nr..];
@@ -281,30 +347,41 @@ unsafe fn gemm_block(
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
                     let tile_rows = mr.min(rows.end - row0);
-                    // SAFETY: the panel holds kc*mr values, the strip from k0 at least kc*nr,
-                    // the tile mr*nr; the microkernel's instruction set is the `Isa`'s.
-                    unsafe {
-                        (mk.run)(
-                            kc,
-                            packed[p * kc * mr..].as_ptr(),
-                            strip.as_ptr(),
-                            tile.as_mut_ptr(),
-                        )
-                    };
+                    let panel = source[panel_at(p)..][..kc * mr].as_ptr();
+                    if tile_rows == mr && cols == nr {
+                        // SAFETY: the panel holds kc*mr values, the strip from k0 at least
+                        // kc*nr; the full tile at (row0, col0) lies in this call's rectangle
+                        // of `c`, rows n apart; the instruction set is the `Isa`'s.
+                        unsafe {
+                            (mk.run)(
+                                kc,
+                                panel,
+                                strip.as_ptr(),
+                                c.add(row0 * n + col0),
+                                n,
+                                accumulate,
+                            )
+                        };
+                    } else {
+                        // SAFETY: as above, into the mr x nr scratch tile.
+                        unsafe {
+                            (mk.run)(kc, panel, strip.as_ptr(), tile.as_mut_ptr(), nr, false)
+                        };
+                    }
                     for r in 0..tile_rows {
                         let row = row0 + r;
                         // SAFETY: (row, col0..col0+cols) lies in this call's rectangle.
                         let dst =
                             unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
-                        let src = &tile[r * nr..r * nr + cols];
-                        if last {
+                        if tile_rows != mr || cols != nr {
+                            store(isa, &tile[r * nr..r * nr + cols], dst, accumulate);
+                        }
+                        if last && !epilogue.is_none() {
                             let bias = epilogue.bias.map(|b| &b[col0..col0 + cols]);
                             let residual = epilogue
                                 .residual
                                 .map(|res| &res[row * n + col0..row * n + col0 + cols]);
-                            store_last(isa, src, dst, kb > 0, bias, epilogue.activation, residual);
-                        } else {
-                            store_partial(isa, src, dst, kb > 0);
+                            finish(isa, dst, bias, epilogue.activation, residual);
                         }
                     }
                 }
@@ -335,15 +412,8 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
             let residual = epilogue
                 .residual
                 .map(|res| &res[r * n + col0..r * n + col0 + cols]);
-            store_last(
-                isa,
-                &acc[..cols],
-                dst,
-                false,
-                bias,
-                epilogue.activation,
-                residual,
-            );
+            store(isa, &acc[..cols], dst, false);
+            finish(isa, dst, bias, epilogue.activation, residual);
         }
     });
 }
@@ -362,8 +432,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// An intermediate depth block: `dst = src` or `dst += src`.
-    fn store_partial(src: &[f32], dst: &mut [f32], accumulate: bool) {
+    /// An edge tile's row: `dst = src` or `dst += src`.
+    fn store(src: &[f32], dst: &mut [f32], accumulate: bool) {
         if accumulate {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += *s;
@@ -375,35 +445,19 @@ multiversion! {
 }
 
 multiversion! {
-    /// The last depth block, with the epilogue.
-    fn store_last(
-        src: &[f32],
+    /// The epilogue, in place on one finished row of a tile.
+    fn finish(
         dst: &mut [f32],
-        accumulate: bool,
         bias: Option<&[f32]>,
         activation: Activation,
         residual: Option<&[f32]>,
     ) {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        match bias {
-            Some(bias) => {
-                for ((d, s), b) in dst.iter_mut().zip(src).zip(bias) {
-                    *d += *s + *b;
-                }
-            }
-            None => {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += *s;
-                }
-            }
+        if let Some(bias) = bias {
+            dst.iter_mut().zip(bias).for_each(|(d, b)| *d += *b);
         }
         activation.apply(dst);
         if let Some(residual) = residual {
-            for (d, r) in dst.iter_mut().zip(residual) {
-                *d += *r;
-            }
+            dst.iter_mut().zip(residual).for_each(|(d, r)| *d += *r);
         }
     }
 }

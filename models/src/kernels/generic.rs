@@ -13,13 +13,19 @@ const NR: usize = 8;
 
 /// # Safety
 /// See [`Microkernel::run`].
-unsafe fn portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
-    // SAFETY: the caller guarantees the sizes of the three operands.
-    let (a, b, c) = unsafe {
+unsafe fn portable_4x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller guarantees the sizes of the two operands.
+    let (a, b) = unsafe {
         (
             std::slice::from_raw_parts(a, kc * MR),
             std::slice::from_raw_parts(b, kc * NR),
-            std::slice::from_raw_parts_mut(c, MR * NR),
         )
     };
     let mut acc = [[0f32; NR]; MR];
@@ -30,7 +36,13 @@ unsafe fn portable_4x8(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
             }
         }
     }
-    for (dst, row) in c.chunks_exact_mut(NR).zip(&acc) {
-        dst.copy_from_slice(row);
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile, NR values, ldc apart from the previous one.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+        if accumulate {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
+        } else {
+            dst.copy_from_slice(row);
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::gemm::{self, Epilogue, PackedB, RowMajor};
+use super::gemm::{self, Epilogue, Microkernel, PackedB, Panels};
 use super::{multiversion, multiversion_unsafe, Activation, Isa, SyncPtr};
 
 /// Most tiles per block of work: enough rows for each GEMM to reuse every strip of the
@@ -103,19 +103,23 @@ impl Winograd {
             let channels = strips.start * nr..(strips.end * nr).min(self.c_out);
             let out = out;
             SCRATCH.with_borrow_mut(|scratch| {
-                scratch.v.resize(16 * count * self.c_in, 0.0);
+                // The transformed inputs go straight into the GEMM's packed layout.
+                let mr = Microkernel::for_isa(isa).mr;
+                let per_t = count.div_ceil(mr) * mr * self.c_in;
+                scratch.v.resize(16 * per_t, 0.0);
                 scratch.m.resize(16 * count * self.c_out, 0.0);
-                let v = &mut scratch.v[..16 * count * self.c_in];
+                let v = &mut scratch.v[..16 * per_t];
                 let m = &mut scratch.m[..16 * count * self.c_out];
                 for tile in 0..count {
                     let origin = tile_origin(first + tile, th, tw);
-                    input_transform(isa, input, g, origin, tile, count, v);
+                    input_transform(isa, input, g, origin, (tile, mr, per_t), v);
                 }
                 for (t, u) in self.u.iter().enumerate() {
-                    let a = RowMajor {
-                        data: &v[t * count * self.c_in..(t + 1) * count * self.c_in],
+                    let a = Panels {
+                        data: &v[t * per_t..(t + 1) * per_t],
                         rows: count,
                         cols: self.c_in,
+                        mr,
                     };
                     let c = &mut m[t * count * self.c_out..(t + 1) * count * self.c_out];
                     gemm::gemm_serial(isa, &a, u, c, strips.clone());
@@ -189,17 +193,19 @@ fn filter_transform(g: &[f32]) -> [f32; 16] {
 }
 
 multiversion! {
-    /// `Bᵀ d B` of the 4x4 patch of tile `tile` (origin `(image, oy, ox)`), for all channels,
-    /// into `v[t][tile][c]` (`tiles` tiles in the block). Pixels outside the input are zeros.
+    /// `Bᵀ d B` of the 4x4 patch of a tile (origin `(image, oy, ox)`), for all channels, into
+    /// `v[t]` (layout `(tile, mr, per_t)`: `per_t` values apart) packed in panels of `mr` tiles: `[panel][c][tile %
+    /// mr]`, the GEMM's layout ([`Panels`]). Pixels outside the input are zeros.
     fn input_transform(
         input: &[f32],
         g: &Geometry,
         origin: (usize, usize, usize),
-        tile: usize,
-        tiles: usize,
+        layout: (usize, usize, usize),
         v: &mut [f32],
     ) {
         let (image, oy, ox) = origin;
+        let (tile, mr, per_t) = layout;
+        let panel = tile / mr * g.c_in * mr + tile % mr;
         let c = g.c_in;
         let zeros = [0f32; LANES];
         let mut rows: [Option<usize>; 16] = [None; 16];
@@ -242,8 +248,10 @@ multiversion! {
                 }
             }
             for (t, dt) in d.iter().enumerate() {
-                let at = (t * tiles + tile) * c + c0;
-                v[at..at + len].copy_from_slice(&dt[..len]);
+                let at = t * per_t + panel + c0 * mr;
+                for (l, x) in dt[..len].iter().enumerate() {
+                    v[at + l * mr] = *x;
+                }
             }
             c0 += len;
         }

@@ -23,7 +23,14 @@ pub(super) const AVX2: Microkernel = Microkernel {
 /// # Safety
 /// See [`Microkernel::run`]; the CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
+unsafe fn avx512_12x32(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     const MR: usize = 12;
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
     for p in 0..kc {
@@ -40,15 +47,30 @@ unsafe fn avx512_12x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
         }
     }
     for (i, v) in acc.iter().enumerate() {
-        // SAFETY: c has room for MR * 32 values; vector i covers c[16 i .. 16 i + 16].
-        unsafe { _mm512_storeu_ps(c.add(16 * i), *v) };
+        // SAFETY: vector i is row i / 2, columns 16 (i % 2) ..+16, inside the tile.
+        unsafe {
+            let at = c.add((i / 2) * ldc + 16 * (i % 2));
+            let v = if accumulate {
+                _mm512_add_ps(*v, _mm512_loadu_ps(at))
+            } else {
+                *v
+            };
+            _mm512_storeu_ps(at, v);
+        }
     }
 }
 
 /// # Safety
 /// See [`Microkernel::run`]; the CPU must have AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
+unsafe fn avx2_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
     const MR: usize = 6;
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     for p in 0..kc {
@@ -65,7 +87,15 @@ unsafe fn avx2_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32) {
         }
     }
     for (i, v) in acc.iter().enumerate() {
-        // SAFETY: c has room for MR * 16 values; vector i covers c[8 i .. 8 i + 8].
-        unsafe { _mm256_storeu_ps(c.add(8 * i), *v) };
+        // SAFETY: vector i is row i / 2, columns 8 (i % 2) ..+8, inside the tile.
+        unsafe {
+            let at = c.add((i / 2) * ldc + 8 * (i % 2));
+            let v = if accumulate {
+                _mm256_add_ps(*v, _mm256_loadu_ps(at))
+            } else {
+                *v
+            };
+            _mm256_storeu_ps(at, v);
+        }
     }
 }
