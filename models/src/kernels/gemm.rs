@@ -253,15 +253,14 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     let col_blocks = (2 * threads).div_ceil(row_blocks).clamp(1, strips);
     let strips_per_block = strips.div_ceil(col_blocks);
     let col_blocks = strips.div_ceil(strips_per_block);
-    let out = SyncPtr(c.as_mut_ptr());
+    let out = SyncPtr::new(c);
     let run = |block: usize| {
         let (rb, cb) = (block / col_blocks, block % col_blocks);
         let rows = rb * panels_per_block * mk.mr..((rb + 1) * panels_per_block * mk.mr).min(m);
         let cols = cb * strips_per_block..((cb + 1) * strips_per_block).min(strips);
-        let out = out;
         // SAFETY: blocks cover disjoint (rows, strips) rectangles of `c`, which outlives the
         // parallel loop, so each tile written below is written by one thread only.
-        unsafe { gemm_block(isa, mk, a, b, out.0, rows, cols, epilogue) };
+        unsafe { gemm_block(isa, mk, a, b, out.get(), rows, cols, epilogue) };
     };
     let blocks = row_blocks * col_blocks;
     if blocks == 1 || threads == 1 {
@@ -313,7 +312,7 @@ unsafe fn gemm_block(
     let panels = rows.len().div_ceil(mr);
     let prepacked = a.prepacked(mr);
     assert!(
-        prepacked.is_none() || rows.start % mr == 0,
+        prepacked.is_none() || rows.start.is_multiple_of(mr),
         "prepacked rows start a panel"
     );
     let mut tile = vec![0f32; mr * nr];
@@ -398,16 +397,15 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
     for (r, row) in rows.chunks_exact_mut(k.max(1)).enumerate().take(m) {
         a.pack(r, 0, k, 1, row);
     }
-    let out = SyncPtr(c.as_mut_ptr());
+    let out = SyncPtr::new(c);
     (0..n.div_ceil(nr)).into_par_iter().for_each(|s| {
-        let out = out;
         let col0 = s * nr;
         let cols = nr.min(n - col0);
         let mut acc = vec![0f32; nr];
         for (r, row) in rows.chunks_exact(k.max(1)).enumerate().take(m) {
             gemv_strip(isa, row, b.strip(s), &mut acc);
             // SAFETY: strip s owns columns col0..col0+cols of every row; `c` outlives the loop.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + col0), cols) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) };
             let bias = epilogue.bias.map(|b| &b[col0..col0 + cols]);
             let residual = epilogue
                 .residual

@@ -237,7 +237,18 @@ impl Isa {
 
 /// A pointer shared by the threads of one kernel call, each writing a disjoint part.
 #[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub *mut f32);
+pub(crate) struct SyncPtr(*mut f32);
+
+impl SyncPtr {
+    pub(crate) fn new(buffer: &mut [f32]) -> Self {
+        SyncPtr(buffer.as_mut_ptr())
+    }
+
+    /// The pointer. A method, so that closures capture the whole `Sync` wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: kernels hand each thread a disjoint range of the buffer behind the pointer, and the
 // buffer outlives the parallel section (it is borrowed mutably by the caller for its length).
 unsafe impl Send for SyncPtr {}

@@ -91,7 +91,7 @@ impl Winograd {
         };
         let per_block = tiles.div_ceil(blocks);
         let per_group = strips.div_ceil(groups);
-        let out = SyncPtr(output.as_mut_ptr());
+        let out = SyncPtr::new(output);
         (0..blocks * groups).into_par_iter().for_each(|item| {
             let (block, group) = (item / groups, item % groups);
             let first = block * per_block;
@@ -101,7 +101,6 @@ impl Winograd {
             let count = per_block.min(tiles - first);
             let strips = group * per_group..((group + 1) * per_group).min(strips);
             let channels = strips.start * nr..(strips.end * nr).min(self.c_out);
-            let out = out;
             SCRATCH.with_borrow_mut(|scratch| {
                 // The transformed inputs go straight into the GEMM's packed layout.
                 let mr = Microkernel::for_isa(isa).mr;
@@ -165,28 +164,24 @@ fn tile_origin(tile: usize, th: usize, tw: usize) -> (usize, usize, usize) {
 
 /// `G g Gᵀ` for one 3x3 filter `g` (row-major), as a row-major 4x4.
 fn filter_transform(g: &[f32]) -> [f32; 16] {
-    let gm = |r: usize, c: usize| f64::from(g[r * 3 + c]);
-    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
-    let col = |f: &dyn Fn(usize) -> f64| {
+    // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]] applied to a column.
+    let apply = |v: [f64; 3]| {
         [
-            f(0),
-            (f(0) + f(1) + f(2)) / 2.0,
-            (f(0) - f(1) + f(2)) / 2.0,
-            f(2),
+            v[0],
+            (v[0] + v[1] + v[2]) / 2.0,
+            (v[0] - v[1] + v[2]) / 2.0,
+            v[2],
         ]
     };
-    let mut tmp = [[0f64; 3]; 4]; // G g
-    for c in 0..3 {
-        let v = col(&|r| gm(r, c));
-        for r in 0..4 {
-            tmp[r][c] = v[r];
-        }
-    }
+    let g = |r: usize, c: usize| f64::from(g[r * 3 + c]);
+    // G g, by columns of g.
+    let columns = [0, 1, 2].map(|c| apply([g(0, c), g(1, c), g(2, c)]));
     let mut out = [0f32; 16];
     for r in 0..4 {
-        let v = col(&|c| tmp[r][c]);
-        for c in 0..4 {
-            out[r * 4 + c] = v[c] as f32;
+        // (G g) Gᵀ: G applied to each row of G g.
+        let row = apply([columns[0][r], columns[1][r], columns[2][r]]);
+        for (c, v) in row.into_iter().enumerate() {
+            out[r * 4 + c] = v as f32;
         }
     }
     out
@@ -310,7 +305,7 @@ multiversion_unsafe! {
                 }
                 let at = ((image * g.out_height + py) * g.out_width + px) * c + c0;
                 // SAFETY: pixel (py, px) lies inside the output; see the function's contract.
-                let dst = unsafe { std::slice::from_raw_parts_mut(output.0.add(at), len) };
+                let dst = unsafe { std::slice::from_raw_parts_mut(output.get().add(at), len) };
                 dst.copy_from_slice(&yi[..len]);
                 if let Some(bias) = epilogue.bias {
                     dst.iter_mut().zip(&bias[c0..c0 + len]).for_each(|(d, b)| *d += *b);
