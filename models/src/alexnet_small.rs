@@ -12,7 +12,11 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::conv::Conv;
+use crate::kernels::dense::{nchw_column, Dense};
+use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, Padding};
+use crate::plan::{self, Plan, PlanBuilder};
 use crate::{Architecture, Classifier, Result, Role, TensorSpec};
 
 const NAME: &str = "alexnet-small";
@@ -174,6 +178,56 @@ impl Classifier for AlexNetSmall {
     }
 }
 
+/// The same network for the fast CPU kernels: batch norm folded into the convolutions, ReLU
+/// fused into them, fc1's columns reordered for the NHWC flatten.
+fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
+    let mut b = PlanBuilder::new(isa);
+    let mut x = b.input();
+    let mut c_in = 3;
+    for (i, &c_out) in c.channels.iter().enumerate() {
+        let k = i + 1;
+        let conv = vb.pp(format!("conv{k}"));
+        let mut weight = plan::load(&conv, &[c_out, c_in, 3, 3], "weight")?;
+        let mut bias = plan::load(&conv, &[c_out], "bias")?;
+        if c.batch_norm {
+            plan::fold_batch_norm(&vb.pp(format!("bn{k}")), c.bn_eps, &mut weight, &mut bias)?;
+        }
+        let conv = Conv::new(
+            isa,
+            &weight,
+            bias,
+            (c_in, c_out, 3),
+            1,
+            Padding::Symmetric(1),
+            Activation::Relu,
+        );
+        x = b.conv(x, conv, None);
+        x = b.max_pool_2x2(x);
+        c_in = c_out;
+    }
+    let side = c.input_size / 8;
+    let (flat, hidden) = (c.flat_features(), c.hidden);
+    let fc1 = vb.pp("fc1");
+    let fc1 = Dense::new(
+        isa,
+        &plan::load(&fc1, &[hidden, flat], "weight")?,
+        plan::load(&fc1, &[hidden], "bias")?,
+        Activation::Relu,
+        nchw_column(side, side, c_in),
+    );
+    x = b.dense(x, fc1);
+    let fc2 = vb.pp("fc2");
+    let fc2 = Dense::new(
+        isa,
+        &plan::load(&fc2, &[c.classes, hidden], "weight")?,
+        plan::load(&fc2, &[c.classes], "bias")?,
+        Activation::None,
+        |i| i,
+    );
+    x = b.dense(x, fc2);
+    Ok(b.finish(x, NAME, c.classes))
+}
+
 pub(crate) const ARCHITECTURE: Architecture = Architecture {
     name: NAME,
     summary: "simplified AlexNet: 3x(conv3x3, BN, ReLU, maxpool) + 2 dense, square input",
@@ -184,4 +238,5 @@ pub(crate) const ARCHITECTURE: Architecture = Architecture {
     },
     num_classes: |config| Ok(Config::parse(config)?.classes),
     build: |config, vb| Ok(Box::new(AlexNetSmall::new(&Config::parse(config)?, vb)?)),
+    plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
 };

@@ -12,7 +12,12 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::conv::Conv;
+use crate::kernels::dense::Dense;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, DepthwiseConv2d, Padding};
+use crate::plan::{self, Plan, PlanBuilder, Value};
 use crate::{Architecture, Classifier, Result, Role, TensorSpec};
 
 const NAME: &str = "efficientnet-lite0";
@@ -321,6 +326,103 @@ impl Classifier for EfficientNetLite0 {
     }
 }
 
+/// A bias-free convolution (`vb.pp(conv)`) with its batch norm (`vb.pp(bn)`) folded in.
+fn conv_bn(
+    vb: &VarBuilder,
+    (conv, bn): (&str, &str),
+    (c_in, c_out, kernel, stride): (usize, usize, usize, usize),
+    activation: Activation,
+    isa: Isa,
+) -> Result<Conv> {
+    let mut weight = plan::load(&vb.pp(conv), &[c_out, c_in, kernel, kernel], "weight")?;
+    let mut bias = vec![0f32; c_out];
+    plan::fold_batch_norm(&vb.pp(bn), BN_EPS, &mut weight, &mut bias)?;
+    Ok(Conv::new(
+        isa,
+        &weight,
+        bias,
+        (c_in, c_out, kernel),
+        stride,
+        Padding::TfSame,
+        activation,
+    ))
+}
+
+/// One block for the fast CPU kernels: expand (1x1), depthwise, project (1x1) with the
+/// residual add fused into the projection's output.
+fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder) -> Result<Value> {
+    let isa = b.isa();
+    let hidden = shape.hidden();
+    let mut y = x;
+    if shape.expand != 1 {
+        let expand = conv_bn(
+            vb,
+            ("_expand_conv", "_bn0"),
+            (shape.c_in, hidden, 1, 1),
+            Activation::Relu6,
+            isa,
+        )?;
+        y = b.conv(y, expand, None);
+    }
+    let (k, s) = (shape.kernel, shape.stride);
+    let mut weight = plan::load(&vb.pp("_depthwise_conv"), &[hidden, 1, k, k], "weight")?;
+    let mut bias = vec![0f32; hidden];
+    plan::fold_batch_norm(&vb.pp("_bn1"), BN_EPS, &mut weight, &mut bias)?;
+    let depthwise = Depthwise::new(
+        &weight,
+        bias,
+        (hidden, k, s),
+        Padding::TfSame,
+        Activation::Relu6,
+    );
+    y = b.depthwise(y, depthwise);
+    let project = conv_bn(
+        vb,
+        ("_project_conv", "_bn2"),
+        (hidden, shape.c_out, 1, 1),
+        Activation::None,
+        isa,
+    )?;
+    let residual = (shape.stride == 1 && shape.c_in == shape.c_out).then_some(x);
+    Ok(b.conv(y, project, residual))
+}
+
+/// The network for the fast CPU kernels.
+fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
+    let mut b = PlanBuilder::new(isa);
+    let stem = conv_bn(
+        &vb,
+        ("_conv_stem", "_bn0"),
+        (3, STEM_CHANNELS, 3, 2),
+        Activation::Relu6,
+        isa,
+    )?;
+    let mut x = b.conv(b.input(), stem, None);
+    for (i, shape) in blocks().into_iter().enumerate() {
+        x = plan_block(&mut b, x, shape, &vb.pp(format!("_blocks.{i}")))?;
+    }
+    let last = STAGES[STAGES.len() - 1].c_out;
+    let head = conv_bn(
+        &vb,
+        ("_conv_head", "_bn1"),
+        (last, HEAD_CHANNELS, 1, 1),
+        Activation::Relu6,
+        isa,
+    )?;
+    x = b.conv(x, head, None);
+    x = b.global_avg_pool(x);
+    let fc = vb.pp("_fc");
+    let fc = Dense::new(
+        isa,
+        &plan::load(&fc, &[c.classes, HEAD_CHANNELS], "weight")?,
+        plan::load(&fc, &[c.classes], "bias")?,
+        Activation::None,
+        |i| i,
+    );
+    x = b.dense(x, fc);
+    Ok(b.finish(x, NAME, c.classes))
+}
+
 pub(crate) const ARCHITECTURE: Architecture = Architecture {
     name: NAME,
     summary: "EfficientNet-Lite0: 16 MBConv blocks (ReLU6, no SE), TF-SAME padding, any input size",
@@ -333,6 +435,7 @@ pub(crate) const ARCHITECTURE: Architecture = Architecture {
             vb,
         )?))
     },
+    plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
 };
 
 #[cfg(test)]

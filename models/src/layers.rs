@@ -21,7 +21,7 @@ pub enum Padding {
 
 impl Padding {
     /// Zeros before and after along one spatial dimension, and the output length.
-    fn resolve(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    pub(crate) fn resolve(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
         match self {
             Padding::Symmetric(p) => (p, p, (len + 2 * p - kernel) / stride + 1),
             Padding::TfSame => {
@@ -51,16 +51,27 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
         let bias = if with_bias {
-            Some(vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?)
+            Some(vb.get(c_out, "bias")?)
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self::from_tensors(weight, bias, stride, padding))
+    }
+
+    /// `weight` OIHW, `bias` `[c_out]`.
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        padding: Padding,
+    ) -> Self {
+        let c_out = weight.dims()[0];
+        Self {
+            bias: bias.map(|b| b.reshape((1, c_out, 1, 1)).expect("bias has c_out values")),
             weight,
-            bias,
             stride,
             padding,
-        })
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -115,7 +126,16 @@ impl DepthwiseConv2d {
         stride: usize,
         padding: Padding,
     ) -> Result<Self> {
-        let weight = vb.get((channels, 1, kernel, kernel), "weight")?;
+        Self::from_tensor(
+            vb.get((channels, 1, kernel, kernel), "weight")?,
+            stride,
+            padding,
+        )
+    }
+
+    /// `weight` is `[channels, 1, kernel, kernel]`.
+    pub fn from_tensor(weight: Tensor, stride: usize, padding: Padding) -> Result<Self> {
+        let (channels, _, kernel, _) = weight.dims4()?;
         let mut taps = Vec::with_capacity(kernel * kernel);
         for i in 0..kernel {
             for j in 0..kernel {

@@ -6,7 +6,9 @@
 //! - [`architecture`] looks a name up in the registry ([`ARCHITECTURES`]);
 //! - [`Architecture::tensor_specs`] lists every tensor the weights file must hold, with its
 //!   shape, so a runtime can refuse a wrong file before it touches a single weight;
-//! - [`Architecture::build`] builds the network from a candle `VarBuilder`.
+//! - [`Architecture::build`] builds the network from a candle `VarBuilder`, either as candle
+//!   ops (the reference, and what runs on CUDA) or as a [`Plan`] over this crate's CPU
+//!   [`kernels`] (the default on the CPU); [`Kernels`] chooses, `EDGEMM_KERNELS` overrides.
 //!
 //! Every network takes an `[N, 3, H, W]` f32 batch (NCHW, already normalised) and returns
 //! `[N, classes]` logits. Weight names mirror the checkpoints the architectures come from
@@ -33,13 +35,19 @@ pub mod alexnet_small;
 pub mod efficientnet_lite0;
 pub mod golden;
 pub mod init;
+pub mod kernels;
 mod layers;
+mod plan;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod vgg16;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+
+pub use kernels::{Isa, Kernels};
+pub use layers::Padding;
+pub use plan::Plan;
 
 /// Errors raised while validating a config or building a network.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,8 @@ pub enum Error {
         architecture: &'static str,
         reason: String,
     },
+    #[error("unknown kernels {value:?} in EDGEMM_KERNELS (known here: {known})")]
+    Kernels { value: String, known: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -117,6 +127,7 @@ pub struct Architecture {
     input_size: fn(&serde_json::Value) -> Result<Option<InputSize>>,
     num_classes: fn(&serde_json::Value) -> Result<usize>,
     build: fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn Classifier>>,
+    plan: fn(&serde_json::Value, VarBuilder, Isa) -> Result<Plan>,
 }
 
 impl Architecture {
@@ -135,9 +146,28 @@ impl Architecture {
         (self.num_classes)(config)
     }
 
-    /// Builds the network. Shapes are checked by the `VarBuilder` as tensors are fetched.
+    /// Builds the network with the kernels `EDGEMM_KERNELS` names (fast by default); see
+    /// [`Architecture::build_with`]. Shapes are checked by the `VarBuilder` as tensors are
+    /// fetched.
     pub fn build(&self, config: &serde_json::Value, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
-        (self.build)(config, vb)
+        self.build_with(config, vb, Kernels::from_env()?)
+    }
+
+    /// Builds the network on the given kernels: the one dispatch point between candle's ops
+    /// and this crate's. The fast kernels run on the CPU only; on a CUDA device the network is
+    /// always built from candle's ops.
+    pub fn build_with(
+        &self,
+        config: &serde_json::Value,
+        vb: VarBuilder,
+        kernels: Kernels,
+    ) -> Result<Box<dyn Classifier>> {
+        match kernels {
+            Kernels::Fast(isa) if vb.device().is_cpu() => {
+                Ok(Box::new((self.plan)(config, vb, isa)?))
+            }
+            _ => (self.build)(config, vb),
+        }
     }
 }
 

@@ -33,7 +33,11 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::conv::Conv;
+use crate::kernels::dense::{nchw_column, Dense};
+use crate::kernels::{Activation, Isa};
 use crate::layers::{self, Conv2d, Padding};
+use crate::plan::{self, Plan, PlanBuilder};
 use crate::{Architecture, Classifier, Result, Role, TensorSpec};
 
 const NAME: &str = "vgg16";
@@ -226,6 +230,51 @@ impl Classifier for Vgg16 {
     }
 }
 
+/// The same network for the fast CPU kernels: ReLU fused into the convolutions, fc6's columns
+/// reordered for the NHWC flatten.
+fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
+    let mut b = PlanBuilder::new(isa);
+    let mut x = b.input();
+    let mut convs = convolutions().into_iter();
+    for layer in LAYOUT {
+        x = match layer {
+            Some(_) => {
+                let (i, c_in, c_out) = convs.next().expect("13 convolutions");
+                let vb = vb.pp(format!("features.{i}"));
+                let conv = Conv::new(
+                    isa,
+                    &plan::load(&vb, &[c_out, c_in, 3, 3], "weight")?,
+                    plan::load(&vb, &[c_out], "bias")?,
+                    (c_in, c_out, 3),
+                    1,
+                    Padding::Symmetric(1),
+                    Activation::Relu,
+                );
+                b.conv(x, conv, None)
+            }
+            None => b.max_pool_2x2(x),
+        };
+    }
+    let vb = vb.pp("classifier");
+    let (h, w) = (c.input_height / 32, c.input_width / 32);
+    for (i, c_in, c_out) in [
+        (0, c.flat_features(), c.hidden),
+        (3, c.hidden, c.hidden),
+        (6, c.hidden, c.classes),
+    ] {
+        let layer = vb.pp(i.to_string());
+        let weight = plan::load(&layer, &[c_out, c_in], "weight")?;
+        let bias = plan::load(&layer, &[c_out], "bias")?;
+        let dense = match i {
+            0 => Dense::new(isa, &weight, bias, Activation::Relu, nchw_column(h, w, 512)),
+            3 => Dense::new(isa, &weight, bias, Activation::Relu, |i| i),
+            _ => Dense::new(isa, &weight, bias, Activation::None, |i| i),
+        };
+        x = b.dense(x, dense);
+    }
+    Ok(b.finish(x, NAME, c.classes))
+}
+
 pub(crate) const ARCHITECTURE: Architecture = Architecture {
     name: NAME,
     summary: "VGG16: 13 conv3x3 (5 pooled groups) + 3 dense, torchvision weight names",
@@ -236,6 +285,7 @@ pub(crate) const ARCHITECTURE: Architecture = Architecture {
     },
     num_classes: |config| Ok(Config::parse(config)?.classes),
     build: |config, vb| Ok(Box::new(Vgg16::new(&Config::parse(config)?, vb)?)),
+    plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
 };
 
 #[cfg(test)]

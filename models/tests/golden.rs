@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use edgemm_models::golden::{max_relative_error, GoldenFile, TOLERANCE};
-use edgemm_models::{architecture, init};
+use edgemm_models::{architecture, init, Isa, Kernels};
 
 fn golden_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,8 +21,16 @@ fn argmax(row: &[f32]) -> usize {
         .unwrap()
 }
 
+/// Candle's ops and the fast kernels on every instruction set this CPU has.
+fn all_kernels() -> Vec<Kernels> {
+    std::iter::once(Kernels::Reference)
+        .chain(Isa::supported().into_iter().map(Kernels::Fast))
+        .collect()
+}
+
 /// Builds the architecture with the golden file's seeded weights, checks the generator agrees
-/// with numpy bit for bit on the recorded check values, and compares the logits.
+/// with numpy bit for bit on the recorded check values, and compares the logits of every
+/// kernel choice.
 fn check_random_weight_model(file: &str) {
     let golden = GoldenFile::read(&golden_path(file)).unwrap();
     let arch = architecture(&golden.metadata["architecture"]).unwrap();
@@ -44,20 +52,22 @@ fn check_random_weight_model(file: &str) {
     assert!((sum - expected_sum).abs() < 1e-9, "{sum} vs {expected_sum}");
 
     let weights = init::seeded_weights(&specs, seed, &Device::Cpu).unwrap();
-    let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    let net = arch.build(&config, vb).unwrap();
-    let logits = net.forward(&golden.input_nchw().unwrap()).unwrap();
+    for kernels in all_kernels() {
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        let net = arch.build_with(&config, vb, kernels).unwrap();
+        let logits = net.forward(&golden.input_nchw().unwrap()).unwrap();
 
-    let err = max_relative_error(&logits, &golden.logits).unwrap();
-    println!("{file}: max relative error {err:.3e}");
-    assert!(
-        err <= TOLERANCE,
-        "{file}: max relative error {err:.3e} > {TOLERANCE:e}"
-    );
-    let ours = logits.to_vec2::<f32>().unwrap();
-    let theirs = golden.logits.to_vec2::<f32>().unwrap();
-    for (a, b) in ours.iter().zip(&theirs) {
-        assert_eq!(argmax(a), argmax(b));
+        let err = max_relative_error(&logits, &golden.logits).unwrap();
+        println!("{file} {kernels:?}: max relative error {err:.3e}");
+        assert!(
+            err <= TOLERANCE,
+            "{file} {kernels:?}: max relative error {err:.3e} > {TOLERANCE:e}"
+        );
+        let ours = logits.to_vec2::<f32>().unwrap();
+        let theirs = golden.logits.to_vec2::<f32>().unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(argmax(a), argmax(b), "{kernels:?}");
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! edgemm's side of the ONNX Runtime comparison (issue #8): batch-1 and batch-8 latency of each
-//! model, warm, median of `--runs`. Also writes, for `models/reference/bench_ort.py`, each
+//! model, warm, median of `--runs`, with the kernels `--kernels` names (default `fast`; see
+//! `edgemm_models::Kernels`), each model's peak resident memory (load and runs, read from
+//! `VmHWM` after resetting it), and VGG16's effective GFLOP/s (direct-convolution FLOPs over
+//! the whole forward time). Also writes, for `models/reference/bench_ort.py`, each
 //! model's exact weights (safetensors), its architecture and config (JSON), and a check sample
 //! (input and edgemm's logits) so the ONNX graph is verified to compute the same function.
 //!
@@ -11,10 +14,12 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use edgemm_models::Kernels;
 
 struct Model {
     name: &'static str,
-    architecture: &'static str,
+    /// The architecture and config, or, for an artifact, what its manifest says.
+    architecture: String,
     config: serde_json::Value,
     size: (usize, usize),
     /// `None`: seeded random weights; `Some(artifact)`: the shipped artifact's weights.
@@ -25,21 +30,22 @@ fn models() -> Vec<Model> {
     vec![
         Model {
             name: "alexnet-small",
-            architecture: "alexnet-small",
+            architecture: "alexnet-small".into(),
             config: serde_json::json!({}),
             size: (32, 32),
             artifact: None,
         },
+        // The sign-language model: an EfficientNet-Lite0 backbone with a 10-class head.
         Model {
-            name: "efficientnet-lite0",
-            architecture: "efficientnet-lite0",
-            config: serde_json::json!({}),
+            name: "sign-language",
+            architecture: String::new(),
+            config: serde_json::Value::Null,
             size: (224, 224),
-            artifact: Some("efficientnet-lite0.tar.gz"),
+            artifact: Some("sign-language.tar.gz"),
         },
         Model {
             name: "vgg16",
-            architecture: "vgg16",
+            architecture: "vgg16".into(),
             config: serde_json::json!({ "classes": 10 }),
             size: (224, 224),
             artifact: None,
@@ -47,10 +53,11 @@ fn models() -> Vec<Model> {
     ]
 }
 
-fn weights(model: &Model, work: &Path) -> HashMap<String, Tensor> {
+/// The model's weights; for an artifact, also fills in its architecture and config.
+fn weights(model: &mut Model, work: &Path) -> HashMap<String, Tensor> {
     match model.artifact {
         None => {
-            let arch = edgemm_models::architecture(model.architecture).unwrap();
+            let arch = edgemm_models::architecture(&model.architecture).unwrap();
             let specs = arch.tensor_specs(&model.config).unwrap();
             edgemm_models::init::seeded_weights(&specs, 7, &Device::Cpu).unwrap()
         }
@@ -65,9 +72,39 @@ fn weights(model: &Model, work: &Path) -> HashMap<String, Tensor> {
                 Default::default(),
             )
             .unwrap();
+            model.architecture = extracted.manifest.architecture.clone();
+            model.config = extracted.manifest.config.clone();
             candle_core::safetensors::load(extracted.weights_path(), &Device::Cpu).unwrap()
         }
     }
+}
+
+/// VGG16's thirteen convolutions at `h x w`, in FLOPs (two per multiply-add), as computed
+/// directly: the yardstick for "effective" GFLOP/s, whatever algorithm runs.
+fn vgg16_conv_flops((h, w): (usize, usize)) -> f64 {
+    let groups = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)];
+    let (mut c_in, mut flops) = (3usize, 0f64);
+    for (g, (c_out, convs)) in groups.into_iter().enumerate() {
+        let pixels = (h >> g) * (w >> g);
+        for _ in 0..convs {
+            flops += 2.0 * (pixels * c_in * c_out * 9) as f64;
+            c_in = c_out;
+        }
+    }
+    flops
+}
+
+/// Resets the peak resident set size of this process (Linux; a no-op elsewhere).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, in MiB (`VmHWM`), if the system says.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
@@ -86,15 +123,17 @@ fn main() {
     let work = PathBuf::from(value("--work").unwrap_or_else(|| "target/bench-ort".into()));
     let runs: usize = value("--runs").map_or(20, |r| r.parse().unwrap());
     let only = value("--models");
+    let kernels = value("--kernels").map_or(Kernels::default(), |k| Kernels::parse(&k).unwrap());
     std::fs::create_dir_all(&work).unwrap();
-    for model in models() {
+    for mut model in models() {
         if only
             .as_ref()
             .is_some_and(|o| !o.split(',').any(|m| m == model.name))
         {
             continue;
         }
-        let tensors = weights(&model, &work);
+        reset_peak_rss();
+        let tensors = weights(&mut model, &work);
         candle_core::safetensors::save(&tensors, work.join(format!("{}.safetensors", model.name)))
             .unwrap();
         let meta = serde_json::json!({
@@ -105,9 +144,9 @@ fn main() {
         });
         std::fs::write(work.join(format!("{}.json", model.name)), meta.to_string()).unwrap();
 
-        let arch = edgemm_models::architecture(model.architecture).unwrap();
+        let arch = edgemm_models::architecture(&model.architecture).unwrap();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let net = arch.build(&model.config, vb).unwrap();
+        let net = arch.build_with(&model.config, vb, kernels).unwrap();
         let (h, w) = model.size;
         // The check sample: a fixed input and edgemm's logits for it.
         let n = 2 * 3 * h * w;
@@ -134,14 +173,20 @@ fn main() {
                     t.elapsed().as_secs_f64() * 1e3
                 })
                 .collect();
+            let median = median_ms(times);
+            let gflops = (model.architecture == "vgg16")
+                .then(|| vgg16_conv_flops(model.size) * batch as f64 / median / 1e6);
             println!(
                 "{}",
                 serde_json::json!({
                     "runtime": "edgemm",
+                    "kernels": format!("{kernels:?}"),
                     "model": model.name,
                     "batch": batch,
-                    "median_ms": median_ms(times),
+                    "median_ms": median,
                     "runs": runs,
+                    "conv_gflops": gflops,
+                    "peak_rss_mib": peak_rss_mib(),
                 })
             );
         }

@@ -1,0 +1,61 @@
+//! aarch64 GEMM microkernel: NEON, an 8 x 8 tile in 16 q registers.
+
+use std::arch::aarch64::*;
+
+use super::gemm::Microkernel;
+
+pub(super) const NEON: Microkernel = Microkernel {
+    mr: 8,
+    nr: 8,
+    run: neon_8x8,
+};
+
+/// # Safety
+/// See [`Microkernel::run`]; NEON is part of the aarch64 baseline.
+#[target_feature(enable = "neon")]
+unsafe fn neon_8x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 8;
+    let mut acc = [vdupq_n_f32(0.0); 2 * MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, so the loads are inside the packed operands.
+        unsafe {
+            let b0 = vld1q_f32(b.add(p * 8));
+            let b1 = vld1q_f32(b.add(p * 8 + 4));
+            let a0 = vld1q_f32(a.add(p * MR));
+            let a1 = vld1q_f32(a.add(p * MR + 4));
+            macro_rules! row {
+                ($i:expr, $a:expr, $lane:expr) => {
+                    acc[2 * $i] = vfmaq_laneq_f32::<$lane>(acc[2 * $i], b0, $a);
+                    acc[2 * $i + 1] = vfmaq_laneq_f32::<$lane>(acc[2 * $i + 1], b1, $a);
+                };
+            }
+            row!(0, a0, 0);
+            row!(1, a0, 1);
+            row!(2, a0, 2);
+            row!(3, a0, 3);
+            row!(4, a1, 0);
+            row!(5, a1, 1);
+            row!(6, a1, 2);
+            row!(7, a1, 3);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
+        unsafe {
+            let at = c.add((i / 2) * ldc + 4 * (i % 2));
+            let v = if accumulate {
+                vaddq_f32(*v, vld1q_f32(at))
+            } else {
+                *v
+            };
+            vst1q_f32(at, v);
+        }
+    }
+}

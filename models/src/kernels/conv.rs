@@ -1,0 +1,350 @@
+//! Dense 2-D convolution over NHWC activations as one packed GEMM per call.
+//!
+//! Output pixels are the GEMM's rows, output channels its columns and `(ky, kx, c_in)` its
+//! depth. The left operand is an implicit im2col ([`Im2col`]): each `MR x KC` panel is
+//! gathered from the input when it is packed, so no im2col buffer is ever built. A 1x1
+//! stride-1 convolution degenerates to packing rows of the input as they are. 3x3 stride-1
+//! convolutions with enough input channels go through [`Winograd`] instead.
+
+use super::gemm::{self, Epilogue, PackA, PackedB};
+use super::winograd::Winograd;
+use super::{Activation, Isa};
+use crate::layers::Padding;
+
+/// Geometry of a convolution, resolved for one input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub c_in: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl Geometry {
+    pub fn new(
+        (batch, height, width, c_in): (usize, usize, usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Self {
+        let (pad_top, _, out_height) = padding.resolve(height, kernel, stride);
+        let (pad_left, _, out_width) = padding.resolve(width, kernel, stride);
+        Self {
+            batch,
+            height,
+            width,
+            c_in,
+            kernel,
+            stride,
+            pad_top,
+            pad_left,
+            out_height,
+            out_width,
+        }
+    }
+
+    pub fn out_pixels(&self) -> usize {
+        self.batch * self.out_height * self.out_width
+    }
+
+    /// Input row and column that output `(oy, ox)`'s tap `(ky, kx)` reads, if inside.
+    #[inline]
+    pub fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.stride + ky).checked_sub(self.pad_top)?;
+        let ix = (ox * self.stride + kx).checked_sub(self.pad_left)?;
+        (iy < self.height && ix < self.width).then_some((iy, ix))
+    }
+}
+
+/// The im2col matrix of an NHWC input, gathered panel by panel as the GEMM packs it.
+pub struct Im2col<'a> {
+    pub input: &'a [f32],
+    pub geometry: Geometry,
+}
+
+impl PackA for Im2col<'_> {
+    fn rows(&self) -> usize {
+        self.geometry.out_pixels()
+    }
+
+    fn depth(&self) -> usize {
+        self.geometry.kernel * self.geometry.kernel * self.geometry.c_in
+    }
+
+    fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+        let g = &self.geometry;
+        let c = g.c_in;
+        let per_image = g.out_height * g.out_width;
+        for r in 0..mr {
+            let m = m0 + r;
+            if m >= self.rows() {
+                (0..kc).for_each(|p| out[p * mr + r] = 0.0);
+                continue;
+            }
+            let (image, pixel) = (m / per_image, m % per_image);
+            let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
+            let mut k = k0;
+            while k < k0 + kc {
+                let (tap, ci) = (k / c, k % c);
+                let run = (c - ci).min(k0 + kc - k);
+                let dst = (k - k0) * mr + r;
+                match g.source(oy, ox, tap / g.kernel, tap % g.kernel) {
+                    Some((iy, ix)) => {
+                        let at = ((image * g.height + iy) * g.width + ix) * c + ci;
+                        for (q, v) in self.input[at..at + run].iter().enumerate() {
+                            out[dst + q * mr] = *v;
+                        }
+                    }
+                    None => (0..run).for_each(|q| out[dst + q * mr] = 0.0),
+                }
+                k += run;
+            }
+        }
+    }
+}
+
+/// Below this many input channels a 3x3 convolution stays on im2col: Winograd's transforms
+/// cost per channel what its smaller GEMMs save per channel pair.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// How a [`Conv`] computes.
+enum Algorithm {
+    /// Implicit im2col and one GEMM; the weights packed as its right operand.
+    Im2col(PackedB),
+    Winograd(Winograd),
+}
+
+/// A convolution with its weights packed for its algorithm (batch norm already folded in).
+pub struct Conv {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    algorithm: Algorithm,
+    bias: Vec<f32>,
+    pub activation: Activation,
+}
+
+impl Conv {
+    /// `weight` is OIHW `[c_out, c_in, kernel, kernel]` (PyTorch's layout), `bias` `[c_out]`.
+    /// 3x3 stride-1 convolutions with at least 16 input channels use Winograd, the others
+    /// im2col.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        isa: Isa,
+        weight: &[f32],
+        bias: Vec<f32>,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Self {
+        if kernel == 3 && stride == 1 && c_in >= WINOGRAD_MIN_CHANNELS {
+            assert_eq!(bias.len(), c_out);
+            Self {
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                algorithm: Algorithm::Winograd(Winograd::new(isa, weight, c_in, c_out)),
+                bias,
+                activation,
+            }
+        } else {
+            Self::direct(
+                isa,
+                weight,
+                bias,
+                (c_in, c_out, kernel),
+                stride,
+                padding,
+                activation,
+            )
+        }
+    }
+
+    /// As [`Conv::new`], always through im2col.
+    #[allow(clippy::too_many_arguments)]
+    pub fn direct(
+        isa: Isa,
+        weight: &[f32],
+        bias: Vec<f32>,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Self {
+        assert_eq!(weight.len(), c_out * c_in * kernel * kernel);
+        assert_eq!(bias.len(), c_out);
+        let kk = kernel * kernel;
+        // Depth index (ky, kx, ci) of the GEMM reads OIHW element (o, ci, ky, kx).
+        let weights = PackedB::new(isa, kk * c_in, c_out, |k, o| {
+            let (tap, ci) = (k / c_in, k % c_in);
+            weight[(o * c_in + ci) * kk + tap]
+        });
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            algorithm: Algorithm::Im2col(weights),
+            bias,
+            activation,
+        }
+    }
+
+    pub fn geometry(&self, (n, h, w): (usize, usize, usize)) -> Geometry {
+        Geometry::new((n, h, w, self.c_in), self.kernel, self.stride, self.padding)
+    }
+
+    /// Bytes of packed weights and bias.
+    pub fn bytes(&self) -> usize {
+        let weights = match &self.algorithm {
+            Algorithm::Im2col(w) => w.bytes(),
+            Algorithm::Winograd(w) => w.bytes(),
+        };
+        weights + 4 * self.bias.len()
+    }
+
+    /// `output = activation(conv(input) + bias) + residual`; `input` is NHWC `(n, h, w)` with
+    /// `c_in` channels, `output` (and `residual`) NHWC with `c_out` channels.
+    pub fn run(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        dims: (usize, usize, usize),
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let geometry = self.geometry(dims);
+        match &self.algorithm {
+            Algorithm::Im2col(weights) => {
+                let a = Im2col { input, geometry };
+                let epilogue = Epilogue {
+                    bias: Some(&self.bias),
+                    activation: self.activation,
+                    residual,
+                };
+                gemm::gemm(isa, &a, weights, output, &epilogue);
+            }
+            Algorithm::Winograd(w) => w.run(
+                isa,
+                input,
+                &geometry,
+                &self.bias,
+                self.activation,
+                residual,
+                output,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::kernels::testing::{max_relative_error, Rng};
+
+    /// NCHW data to NHWC.
+    pub fn to_nhwc(x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        out[((i * h + y) * w + xx) * c + ch] = x[((i * c + ch) * h + y) * w + xx];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The reference: candle's NCHW conv2d through the reference layer (padding included),
+    /// returned as NHWC.
+    fn reference(
+        x: &[f32],
+        dims: (usize, usize, usize, usize),
+        weight: &[f32],
+        bias: &[f32],
+        (c_out, kernel, stride): (usize, usize, usize),
+        padding: Padding,
+    ) -> Vec<f32> {
+        let (n, c, h, w) = dims;
+        let dev = Device::Cpu;
+        let x = Tensor::from_slice(x, dims, &dev).unwrap();
+        let wt = Tensor::from_slice(weight, (c_out, c, kernel, kernel), &dev).unwrap();
+        let b = Tensor::from_slice(bias, c_out, &dev).unwrap();
+        let y = crate::layers::Conv2d::from_tensors(wt, Some(b), stride, padding)
+            .forward(&x)
+            .unwrap();
+        let (_, _, oh, ow) = y.dims4().unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let _ = (n, h, w);
+        to_nhwc(&y, (n, c_out, oh, ow))
+    }
+
+    /// Random shapes, strides, paddings and odd sizes on every instruction set.
+    #[test]
+    fn conv_matches_candle_reference() {
+        let mut rng = Rng::new(2);
+        for isa in Isa::supported() {
+            for case in 0..24 {
+                let kernel = [1, 3, 5, 2][case % 4];
+                let stride = 1 + rng.below(2);
+                let padding = if case % 3 == 0 {
+                    Padding::TfSame
+                } else {
+                    Padding::Symmetric(rng.below(kernel))
+                };
+                let (n, c, h, w) = (
+                    1 + rng.below(2),
+                    1 + rng.below(20),
+                    5 + rng.below(12),
+                    5 + rng.below(12),
+                );
+                let c_out = 1 + rng.below(40);
+                let x = rng.vec(n * c * h * w);
+                let weight = rng.vec(c_out * c * kernel * kernel);
+                let bias = rng.vec(c_out);
+                let expected = reference(
+                    &x,
+                    (n, c, h, w),
+                    &weight,
+                    &bias,
+                    (c_out, kernel, stride),
+                    padding,
+                );
+                let conv = Conv::new(
+                    isa,
+                    &weight,
+                    bias,
+                    (c, c_out, kernel),
+                    stride,
+                    padding,
+                    Activation::None,
+                );
+                let mut out = vec![f32::NAN; expected.len()];
+                assert_eq!(conv.geometry((n, h, w)).out_pixels() * c_out, out.len());
+                conv.run(isa, &to_nhwc(&x, (n, c, h, w)), (n, h, w), &mut out, None);
+                let err = max_relative_error(&out, &expected);
+                assert!(
+                    err <= 1e-4,
+                    "{} case {case} k{kernel} s{stride} {padding:?} {n}x{c}x{h}x{w}->{c_out}: {err:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

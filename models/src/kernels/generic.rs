@@ -1,0 +1,48 @@
+//! The portable GEMM microkernel: plain Rust, a 4 x 8 tile, for any target.
+
+use super::gemm::Microkernel;
+
+pub(super) const PORTABLE: Microkernel = Microkernel {
+    mr: MR,
+    nr: NR,
+    run: portable_4x8,
+};
+
+const MR: usize = 4;
+const NR: usize = 8;
+
+/// # Safety
+/// See [`Microkernel::run`].
+unsafe fn portable_4x8(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller guarantees the sizes of the two operands.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(a, kc * MR),
+            std::slice::from_raw_parts(b, kc * NR),
+        )
+    };
+    let mut acc = [[0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for (row, &ai) in acc.iter_mut().zip(ap) {
+            for (v, &bj) in row.iter_mut().zip(bp) {
+                *v += ai * bj;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile, NR values, ldc apart from the previous one.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+        if accumulate {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
+        } else {
+            dst.copy_from_slice(row);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! CPU kernels for the fast inference path, and the one switch that chooses between them and
+//! candle's own ops.
+//!
+//! Activations are NHWC f32 slices; weights are repacked once, at load, for the kernel that
+//! reads them. The kernels are:
+//!
+//! - [`gemm`]: a packed GEMM (BLIS-style blocking) whose left operand is packed on the fly by a
+//!   [`gemm::PackA`] source, so a convolution reads its input through an implicit im2col
+//!   ([`conv`]) and never materialises a full im2col buffer; bias, ReLU/ReLU6 and a residual
+//!   add are fused into the store of each output tile;
+//! - [`conv`]: dense convolution (any kernel, stride, padding) through that GEMM;
+//! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(2x2, 3x3), 2.25x fewer multiplies;
+//! - [`depthwise`]: depthwise convolution vectorised over channels;
+//! - [`dense`]: fully connected layers;
+//! - [`pool`]: 2x2 max pooling and global average pooling.
+//!
+//! # Instruction sets
+//!
+//! The GEMM microkernel is written per architecture ([`x86_64`] with AVX-512 and AVX2+FMA,
+//! [`arm64`] with NEON, [`generic`] portable); the other kernels are portable Rust compiled
+//! once per instruction set through [`multiversion!`], so each is vectorised for the machine
+//! it runs on. An [`Isa`] value can only be made for an instruction set the CPU has, which is
+//! what makes running the feature-gated code sound. Every kernel takes the [`Isa`] to use, so
+//! tests run the portable fallback on any machine.
+
+pub mod conv;
+pub mod dense;
+pub mod depthwise;
+pub mod gemm;
+mod generic;
+pub mod pool;
+pub mod winograd;
+
+#[cfg(target_arch = "aarch64")]
+mod arm64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use crate::{Error, Result};
+
+/// An instruction set the running CPU supports. Construct with [`Isa::best`],
+/// [`Isa::portable`], [`Isa::by_name`] or [`Isa::supported`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Isa(Arch);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Arch {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+}
+
+impl Isa {
+    /// Plain Rust, no target features beyond the build's baseline.
+    pub fn portable() -> Self {
+        Isa(Arch::Portable)
+    }
+
+    /// The fastest instruction set this CPU has.
+    pub fn best() -> Self {
+        *Self::supported()
+            .last()
+            .expect("portable is always supported")
+    }
+
+    /// Every instruction set this CPU has, slowest first (the portable one first).
+    pub fn supported() -> Vec<Self> {
+        let mut out = vec![Isa(Arch::Portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.push(Isa(Arch::Avx2));
+                if is_x86_feature_detected!("avx512f") {
+                    out.push(Isa(Arch::Avx512));
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                out.push(Isa(Arch::Neon));
+            }
+        }
+        out
+    }
+
+    /// `"portable"`, `"avx2"`, `"avx512"` or `"neon"`, if this CPU has it.
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::supported().into_iter().find(|isa| isa.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Arch::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Arch::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Arch::Avx512 => "avx512",
+            #[cfg(target_arch = "aarch64")]
+            Arch::Neon => "neon",
+        }
+    }
+}
+
+/// Which implementation runs a network on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// candle's own ops, NCHW, one tensor per op: the reference, and what runs on CUDA.
+    Reference,
+    /// A compiled plan over this crate's kernels, with this instruction set.
+    Fast(Isa),
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Kernels::Fast(Isa::best())
+    }
+}
+
+impl Kernels {
+    /// The name of the environment variable read by [`Kernels::from_env`].
+    pub const ENV: &'static str = "EDGEMM_KERNELS";
+
+    /// Parses `reference`, `fast` (the best instruction set), or an instruction set name
+    /// (`portable`, `avx2`, `avx512`, `neon`) to force one.
+    pub fn parse(value: &str) -> Result<Self> {
+        match value {
+            "reference" => Ok(Kernels::Reference),
+            "fast" => Ok(Kernels::default()),
+            name => Isa::by_name(name).map(Kernels::Fast).ok_or_else(|| {
+                let known: Vec<&str> = Isa::supported().iter().map(|i| i.name()).collect();
+                Error::Kernels {
+                    value: value.to_string(),
+                    known: format!("reference, fast, {}", known.join(", ")),
+                }
+            }),
+        }
+    }
+
+    /// `EDGEMM_KERNELS` when set, else [`Kernels::default`] (fast).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.is_empty() => Self::parse(&v),
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+/// The activation fused into a kernel's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    /// Applies the activation to every value of `values`.
+    #[inline(always)]
+    fn apply(self, values: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        }
+    }
+}
+
+/// Defines `fn name(isa: Isa, args..)` running `body` compiled for `isa`'s target features.
+///
+/// The body is plain Rust over slices; inside a `#[target_feature]` function LLVM vectorises
+/// it with that instruction set's registers (AVX-512, AVX2), on aarch64 NEON is the baseline.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            fn avx512($($arg: $ty),*) { body($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) { body($($arg),*) }
+            match isa.arch() {
+                // SAFETY: an `Isa` holds an instruction set only when the CPU has it.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx2 => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// [`multiversion!`] for an `unsafe fn`: the caller upholds the body's `# Safety` contract.
+macro_rules! multiversion_unsafe {
+    ($(#[$meta:meta])* $vis:vis unsafe fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis unsafe fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            unsafe fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            match isa.arch() {
+                // SAFETY: an `Isa` holds an instruction set only when the CPU has it; the rest
+                // of the contract is the caller's.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Arch::Avx2 => unsafe { avx2($($arg),*) },
+                // SAFETY: the caller upholds the contract.
+                _ => unsafe { body($($arg),*) },
+            }
+        }
+    };
+}
+pub(crate) use multiversion_unsafe;
+
+impl Isa {
+    fn arch(self) -> Arch {
+        self.0
+    }
+}
+
+/// A pointer shared by the threads of one kernel call, each writing a disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(*mut f32);
+
+impl SyncPtr {
+    pub(crate) fn new(buffer: &mut [f32]) -> Self {
+        SyncPtr(buffer.as_mut_ptr())
+    }
+
+    /// The pointer. A method, so that closures capture the whole `Sync` wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: kernels hand each thread a disjoint range of the buffer behind the pointer, and the
+// buffer outlives the parallel section (it is borrowed mutably by the caller for its length).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Shared helpers for the kernel tests: a seeded generator and the error measure.
+
+    /// A small deterministic generator (xorshift), uniform in [-1, 1).
+    pub struct Rng(u64);
+
+    impl Rng {
+        pub fn new(seed: u64) -> Self {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub fn below(&mut self, n: usize) -> usize {
+            (self.next_u64() % n as u64) as usize
+        }
+
+        pub fn uniform(&mut self) -> f32 {
+            (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+
+        pub fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.uniform()).collect()
+        }
+    }
+
+    /// `max |a - b| / max(max |b|, 1e-6)`: the golden tests' measure, relative to the largest
+    /// reference value so that near-zero outputs do not dominate.
+    pub fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+}

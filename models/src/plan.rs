@@ -1,0 +1,345 @@
+//! A network compiled for the fast CPU kernels ([`crate::kernels`]): a fixed list of steps over
+//! NHWC buffers that are allocated once per input shape and reused.
+//!
+//! Architectures describe their network to a [`PlanBuilder`] at load (batch norm folded into
+//! the convolutions, weights packed). Each step's output gets a buffer by a liveness scan, so
+//! a chain of layers ping-pongs between a few buffers and a residual input stays alive until
+//! its add. For small networks this removes what dominated candle's eager path: one tensor
+//! allocation and one op dispatch per layer.
+
+use std::sync::Mutex;
+
+use candle_core::{Device, Storage, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::kernels::conv::Conv;
+use crate::kernels::dense::Dense;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::{pool, Isa};
+use crate::{layers, Classifier, Error, Result};
+
+/// A value flowing through the plan: the network input or one step's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Value(usize);
+
+/// `(batch, height, width, channels)`.
+type Shape = (usize, usize, usize, usize);
+
+enum Op {
+    Conv(Conv),
+    Depthwise(Depthwise),
+    MaxPool2x2,
+    GlobalAvgPool,
+    Dense(Dense),
+}
+
+struct Step {
+    op: Op,
+    input: Value,
+    /// Added to the output (a residual connection); same shape as the output.
+    residual: Option<Value>,
+}
+
+/// Builds a [`Plan`] step by step. Step `i` defines value `i + 1`; value 0 is the input.
+pub(crate) struct PlanBuilder {
+    isa: Isa,
+    steps: Vec<Step>,
+}
+
+impl PlanBuilder {
+    pub fn new(isa: Isa) -> Self {
+        Self {
+            isa,
+            steps: Vec::new(),
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The network input, NHWC with three channels.
+    pub fn input(&self) -> Value {
+        Value(0)
+    }
+
+    fn push(&mut self, op: Op, input: Value, residual: Option<Value>) -> Value {
+        self.steps.push(Step {
+            op,
+            input,
+            residual,
+        });
+        Value(self.steps.len())
+    }
+
+    pub fn conv(&mut self, x: Value, conv: Conv, residual: Option<Value>) -> Value {
+        self.push(Op::Conv(conv), x, residual)
+    }
+
+    pub fn depthwise(&mut self, x: Value, dw: Depthwise) -> Value {
+        self.push(Op::Depthwise(dw), x, None)
+    }
+
+    pub fn max_pool_2x2(&mut self, x: Value) -> Value {
+        self.push(Op::MaxPool2x2, x, None)
+    }
+
+    pub fn global_avg_pool(&mut self, x: Value) -> Value {
+        self.push(Op::GlobalAvgPool, x, None)
+    }
+
+    /// A dense layer over the flattened (NHWC-order) features of `x`.
+    pub fn dense(&mut self, x: Value, dense: Dense) -> Value {
+        self.push(Op::Dense(dense), x, None)
+    }
+
+    /// Finishes the plan; `output` must be a `[N, classes]` value (a dense layer's).
+    pub fn finish(self, output: Value, architecture: &'static str, classes: usize) -> Plan {
+        let buffers = assign_buffers(&self.steps, output);
+        Plan {
+            isa: self.isa,
+            steps: self.steps,
+            buffers,
+            output,
+            architecture,
+            classes,
+            workspaces: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+/// Gives every value a buffer index so that no step writes a buffer it reads and no live value
+/// is overwritten: a linear scan, freeing a buffer after the last step that reads it.
+fn assign_buffers(steps: &[Step], output: Value) -> Vec<usize> {
+    let values = steps.len() + 1;
+    let mut last_use = vec![0usize; values];
+    for (i, step) in steps.iter().enumerate() {
+        last_use[step.input.0] = i;
+        if let Some(r) = step.residual {
+            last_use[r.0] = i;
+        }
+    }
+    last_use[output.0] = usize::MAX;
+    let mut buffer = vec![0usize; values];
+    let mut free: Vec<usize> = Vec::new();
+    let mut count = 1;
+    for (i, _) in steps.iter().enumerate() {
+        let out = i + 1;
+        buffer[out] = free.pop().unwrap_or_else(|| {
+            count += 1;
+            count - 1
+        });
+        for v in 0..=i {
+            if last_use[v] == i && !free.contains(&buffer[v]) {
+                free.push(buffer[v]);
+            }
+        }
+    }
+    buffer
+}
+
+/// Buffers sized for one input shape.
+struct Workspace {
+    dims: (usize, usize, usize),
+    buffers: Vec<Vec<f32>>,
+}
+
+/// A compiled network: [`Classifier`] over the fast kernels.
+pub struct Plan {
+    isa: Isa,
+    steps: Vec<Step>,
+    /// Buffer index of each value.
+    buffers: Vec<usize>,
+    output: Value,
+    architecture: &'static str,
+    classes: usize,
+    /// Idle workspaces; concurrent calls each take one (or make one).
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+impl Plan {
+    /// The shape of every value for an `(n, h, w)` input.
+    fn shapes(&self, (n, h, w): (usize, usize, usize)) -> Result<Vec<Shape>> {
+        let mut shapes = vec![(n, h, w, 3)];
+        for step in &self.steps {
+            let s = shapes[step.input.0];
+            let out = match &step.op {
+                Op::Conv(c) => {
+                    let g = c.geometry((s.0, s.1, s.2));
+                    (n, g.out_height, g.out_width, c.c_out)
+                }
+                Op::Depthwise(d) => {
+                    let g = d.geometry((s.0, s.1, s.2));
+                    (n, g.out_height, g.out_width, d.channels)
+                }
+                Op::MaxPool2x2 => (n, s.1 / 2, s.2 / 2, s.3),
+                Op::GlobalAvgPool => (n, 1, 1, s.3),
+                Op::Dense(d) => {
+                    if s.1 * s.2 * s.3 != d.inputs {
+                        return Err(Error::Input {
+                            architecture: self.architecture,
+                            reason: format!(
+                                "a {h}x{w} input gives {} features where the dense layer takes {}",
+                                s.1 * s.2 * s.3,
+                                d.inputs
+                            ),
+                        });
+                    }
+                    (n, 1, 1, d.outputs)
+                }
+            };
+            if out.1 == 0 || out.2 == 0 {
+                return Err(Error::Input {
+                    architecture: self.architecture,
+                    reason: format!("a {h}x{w} input is too small for this network"),
+                });
+            }
+            shapes.push(out);
+        }
+        Ok(shapes)
+    }
+
+    fn workspace(&self, dims: (usize, usize, usize), shapes: &[Shape]) -> Workspace {
+        let idle = self.workspaces.lock().expect("workspace pool").pop();
+        let mut ws = idle.unwrap_or(Workspace {
+            dims,
+            buffers: Vec::new(),
+        });
+        if ws.dims != dims || ws.buffers.is_empty() {
+            let count = self.buffers.iter().max().map_or(1, |m| m + 1);
+            let mut sizes = vec![0usize; count];
+            for (v, s) in shapes.iter().enumerate() {
+                let b = self.buffers[v];
+                sizes[b] = sizes[b].max(s.0 * s.1 * s.2 * s.3);
+            }
+            ws.buffers = sizes.into_iter().map(|len| vec![0f32; len]).collect();
+            ws.dims = dims;
+        }
+        ws
+    }
+
+    fn run_step(&self, step: &Step, shapes: &[Shape], bufs: &mut [Vec<f32>], out: Value) {
+        let isa = self.isa;
+        let mut output = std::mem::take(&mut bufs[self.buffers[out.0]]);
+        let input = &bufs[self.buffers[step.input.0]];
+        let s = shapes[step.input.0];
+        match &step.op {
+            Op::Conv(c) => {
+                let residual = step.residual.map(|r| &bufs[self.buffers[r.0]][..]);
+                c.run(isa, input, (s.0, s.1, s.2), &mut output, residual)
+            }
+            Op::Depthwise(d) => d.run(isa, input, (s.0, s.1, s.2), &mut output),
+            Op::MaxPool2x2 => pool::max_pool_2x2(isa, input, s, &mut output),
+            Op::GlobalAvgPool => pool::global_avg_pool(isa, input, s, &mut output),
+            Op::Dense(d) => d.run(isa, input, s.0, &mut output),
+        }
+        bufs[self.buffers[out.0]] = output;
+    }
+}
+
+impl Classifier for Plan {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layers::check_input(x, self.architecture)?;
+        let (n, _, h, w) = x.dims4()?;
+        let shapes = self.shapes((n, h, w))?;
+        let mut ws = self.workspace((n, h, w), &shapes);
+        write_nhwc(x, &mut ws.buffers[self.buffers[0]])?;
+        for (i, step) in self.steps.iter().enumerate() {
+            self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));
+        }
+        let out = &ws.buffers[self.buffers[self.output.0]][..n * self.classes];
+        let logits = Tensor::from_slice(out, (n, self.classes), &Device::Cpu)?;
+        self.workspaces.lock().expect("workspace pool").push(ws);
+        Ok(logits)
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+}
+
+/// Copies an NCHW CPU tensor into an NHWC buffer.
+fn write_nhwc(x: &Tensor, out: &mut [f32]) -> Result<()> {
+    let x = x.contiguous()?;
+    let (n, c, h, w) = x.dims4()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Candle(candle_core::Error::Msg(
+            "the fast kernels run on the CPU".into(),
+        )));
+    };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+    let data = &cpu.as_slice::<f32>()?[start..end];
+    let plane = h * w;
+    for (image, src) in data.chunks_exact(c * plane).enumerate() {
+        let dst = &mut out[image * plane * c..(image + 1) * plane * c];
+        for ch in 0..c {
+            for (p, v) in src[ch * plane..(ch + 1) * plane].iter().enumerate() {
+                dst[p * c + ch] = *v;
+            }
+        }
+    }
+    let _ = n;
+    Ok(())
+}
+
+/// Loads a tensor of `shape` as a flat f32 vector.
+pub(crate) fn load(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
+    Ok(vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Folds inference batch norm (PyTorch names under `vb`) into the preceding layer:
+/// `weight[o, ..] *= scale[o]`, `bias[o] = (bias[o] - mean[o]) * scale[o] + beta[o]`.
+pub(crate) fn fold_batch_norm(
+    vb: &VarBuilder,
+    eps: f64,
+    weight: &mut [f32],
+    bias: &mut [f32],
+) -> Result<()> {
+    let c = bias.len();
+    let gamma = load(vb, &[c], "weight")?;
+    let beta = load(vb, &[c], "bias")?;
+    let mean = load(vb, &[c], "running_mean")?;
+    let var = load(vb, &[c], "running_var")?;
+    let per_channel = weight.len() / c;
+    for o in 0..c {
+        let scale = (f64::from(gamma[o]) / (f64::from(var[o]) + eps).sqrt()) as f32;
+        weight[o * per_channel..(o + 1) * per_channel]
+            .iter_mut()
+            .for_each(|w| *w *= scale);
+        bias[o] = (bias[o] - mean[o]) * scale + beta[o];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain ping-pongs between two buffers; a value read later keeps its buffer.
+    #[test]
+    fn buffers_are_reused_but_never_while_live() {
+        let step = |input: usize, residual: Option<usize>| Step {
+            op: Op::MaxPool2x2,
+            input: Value(input),
+            residual: residual.map(Value),
+        };
+        // 0 -> 1 -> 2 -> 3 (+1) -> 4
+        let steps = vec![
+            step(0, None),
+            step(1, None),
+            step(2, Some(1)),
+            step(3, None),
+        ];
+        let b = assign_buffers(&steps, Value(4));
+        assert_ne!(b[1], b[0]);
+        assert_ne!(b[2], b[1]);
+        assert_ne!(b[3], b[2]);
+        assert_ne!(
+            b[3], b[1],
+            "value 1 is read by step 2, which writes value 3"
+        );
+        assert_ne!(b[4], b[3]);
+        assert_eq!(*b.iter().max().unwrap(), 2, "three buffers suffice");
+    }
+}
