@@ -279,6 +279,15 @@ impl EfficientNetLite0 {
         })
     }
 
+    /// Switches every depthwise convolution to the training kernel, whose gradients are
+    /// written by hand ([`crate::train::kernels::DepthwiseConv`]); the function is unchanged.
+    #[cfg(feature = "train")]
+    pub fn use_training_kernels(&mut self) {
+        for block in &mut self.blocks {
+            block.depthwise.use_training_kernel();
+        }
+    }
+
     /// The 1280-wide pooled features before `_fc`: what a transfer-learning head consumes.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         self.tail(&self.trunk(x, 0)?, 0)

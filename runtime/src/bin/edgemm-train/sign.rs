@@ -475,8 +475,10 @@ impl Network {
 
 fn network(tensors: &HashMap<String, Tensor>) -> AnyResult<Network> {
     let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+    let mut net = EfficientNetLite0::new(&Config { classes: 10 }, vb)?;
+    net.use_training_kernels();
     Ok(Network {
-        net: EfficientNetLite0::new(&Config { classes: 10 }, vb)?,
+        net,
         fc_weight: tensors["_fc.weight"].clone(),
         fc_bias: tensors["_fc.bias"].clone(),
     })
