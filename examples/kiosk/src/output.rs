@@ -171,7 +171,13 @@ impl Observer for Recorder {
                 });
                 self.line(&line);
                 if let Some(frame) = frame {
-                    self.snapshot(sequence, change.digit, frame, status);
+                    // The panel describes the snapshot's frame, not the newest pushed one.
+                    let mut shown = status.clone();
+                    shown.truth = truth;
+                    shown.hold = hold.map(|h| (h + 1, self.holds.len()));
+                    shown.digit = change.digit;
+                    shown.confidence = change.confidence;
+                    self.snapshot(sequence, change.digit, frame, &shown);
                 }
             }
             KioskEvent::Frame {
