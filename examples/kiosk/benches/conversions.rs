@@ -76,6 +76,11 @@ fn main() {
     encode_rgb(&rgb, &mut nv12);
     let frame = nv12.as_frame();
     let (y_plane, uv_plane) = (frame.planes[0], frame.planes[1]);
+    // yuvutils-rs wants every row of a plane whole, stride included, so the hand square's
+    // planes are cut from a copy of the frame with a row of padding after it.
+    let mut padded = nv12.data.clone();
+    padded.extend(std::iter::repeat_n(0u8, w));
+    let (luma_len, chroma_len) = (w * h, w * h.div_ceil(2));
     println!(
         "640x480 NV12 camera frame; hand square {}x{} at x={}",
         square.width, square.height, square.x
@@ -117,9 +122,9 @@ fn main() {
     });
     let sq = square;
     let crop = YuvBiPlanarImage {
-        y_plane: &y_plane[sq.x..],
+        y_plane: &padded[sq.x..sq.x + luma_len],
         y_stride: w as u32,
-        uv_plane: &uv_plane[sq.x..],
+        uv_plane: &padded[luma_len + sq.x..luma_len + sq.x + chroma_len],
         uv_stride: w as u32,
         width: sq.width as u32,
         height: sq.height as u32,
