@@ -336,7 +336,7 @@ impl Observer for Kiosk {
         };
         let open = w.show(Some(frame), status);
         if let Some((every, dir)) = &w.screen_every {
-            if sequence % every.max(&1) == 0 {
+            if sequence.is_multiple_of(*every.max(&1)) {
                 let path = dir.join(format!("screen-{sequence:06}.png"));
                 if let Err(e) = w.canvas.save_png(&path) {
                     eprintln!("{}: {e}", path.display());

@@ -82,26 +82,18 @@ impl Canvas {
         }
     }
 
-    /// Copies packed RGB (`fw` x `fh`) to `(x, y)`, scaled by nearest neighbour to `w` x `h`.
-    pub fn blit_rgb(
-        &mut self,
-        rgb: &[u8],
-        fw: usize,
-        fh: usize,
-        x: usize,
-        y: usize,
-        w: usize,
-        h: usize,
-    ) {
+    /// Copies packed RGB (`fw` x `fh`) to the top-left corner, scaled by nearest neighbour to
+    /// `w` x `h`.
+    pub fn blit_rgb(&mut self, rgb: &[u8], fw: usize, fh: usize, w: usize, h: usize) {
         if fw == 0 || fh == 0 {
             return;
         }
-        for dy in 0..h.min(self.height.saturating_sub(y)) {
+        for dy in 0..h.min(self.height) {
             let sy = dy * fh / h;
-            let line = &mut self.pixels[(y + dy) * self.width..][..self.width];
-            for dx in 0..w.min(self.width.saturating_sub(x)) {
+            let line = &mut self.pixels[dy * self.width..][..self.width];
+            for (dx, px) in line.iter_mut().enumerate().take(w) {
                 let p = &rgb[(sy * fw + dx * fw / w) * 3..][..3];
-                line[x + dx] = u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]);
+                *px = u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]);
             }
         }
     }
@@ -125,7 +117,7 @@ pub fn draw(canvas: &mut Canvas, rgb: &[u8], fw: usize, fh: usize, roi: Option<R
     let view_w = canvas.width - PANEL_WIDTH;
     let view_h = canvas.height;
     canvas.pixels.fill(DARK);
-    canvas.blit_rgb(rgb, fw, fh, 0, 0, view_w, view_h);
+    canvas.blit_rgb(rgb, fw, fh, view_w, view_h);
     if let (Some(r), true) = (roi, fw > 0 && fh > 0) {
         let sx = |v: usize| v * view_w / fw;
         let sy = |v: usize| v * view_h / fh;

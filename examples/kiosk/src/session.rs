@@ -507,7 +507,7 @@ pub fn run(
             break;
         }
         if let Pacing::Lockstep { frames_per_result } = options.pacing {
-            if (sequence + 1) % frames_per_result.max(1) == 0 {
+            if (sequence + 1).is_multiple_of(frames_per_result.max(1)) {
                 waits += 1;
                 wait_until(&mut c, &ring, observer, &|c| c.results >= waits)?;
             }
