@@ -82,7 +82,7 @@ fn check_shape(report: &Report, photos: usize) {
     assert_eq!(report.stats.frames_failed, 0);
 }
 
-/// Measured (first 46 holds, when this was written): 41 correct (89%), no flicker. The misses
+/// Measured (first 68 holds, when this was written): 63 correct (93%), no flicker. The misses
 /// are photos the model is unsure of under jitter (probability 0.4-0.65): the smoother then
 /// shows "no sign" rather than a guess. `edgemm eval` on the unjittered photos gets 95/100.
 #[test]
