@@ -7,7 +7,9 @@
 //! `exit < enter`, so a probability hovering near one threshold does not toggle); otherwise the
 //! candidate is "no sign". The shown digit changes to the candidate only after the candidate
 //! has been the same for `hold_frames` consecutive frames and for `hold_ms` of frame time, and
-//! each change is one [`SignChanged`] event.
+//! each change is one [`SignChanged`] event. A shown digit whose support has gone (it is not
+//! the candidate) for `hold_frames` frames and `hold_ms` is given up for "no sign" on a frame
+//! where the candidate is "no sign", even if the candidate alternated in between.
 
 use crate::error::{Error, Result};
 
@@ -109,6 +111,9 @@ pub struct Smoother {
     pending: Option<Option<usize>>,
     pending_frames: u32,
     pending_since_us: u64,
+    /// Consecutive frames (and since when) the candidate has not been the shown digit.
+    away_frames: u32,
+    away_since_us: u64,
 }
 
 impl Smoother {
@@ -121,6 +126,8 @@ impl Smoother {
             pending: None,
             pending_frames: 0,
             pending_since_us: 0,
+            away_frames: 0,
+            away_since_us: 0,
         })
     }
 
@@ -158,20 +165,43 @@ impl Smoother {
         let mut changed = None;
         if candidate == self.shown {
             self.pending = None;
+            self.away_frames = 0;
         } else {
             if self.pending != Some(candidate) {
                 self.pending = Some(candidate);
                 self.pending_frames = 0;
                 self.pending_since_us = timestamp_us;
             }
+            if self.away_frames == 0 {
+                self.away_since_us = timestamp_us;
+            }
             self.pending_frames += 1;
+            self.away_frames += 1;
             let held_ms = timestamp_us.saturating_sub(self.pending_since_us) / 1000;
-            if self.pending_frames >= o.hold_frames && held_ms >= o.hold_ms {
-                self.shown = candidate;
+            let away_ms = timestamp_us.saturating_sub(self.away_since_us) / 1000;
+            // A digit that has lost its support (below `exit_threshold`) for the whole hold is
+            // given up even when what replaces it is not yet steady (a new sign the model is
+            // unsure of, alternating with "no sign"): otherwise the stale digit would stay on
+            // screen at a few percent, and the next sign would reach it through a "no sign"
+            // step, a change the user never made (issue 6, replay of the test photos).
+            let next = if self.pending_frames >= o.hold_frames && held_ms >= o.hold_ms {
+                Some(candidate)
+            } else if self.shown.is_some()
+                && candidate.is_none()
+                && self.away_frames >= o.hold_frames
+                && away_ms >= o.hold_ms
+            {
+                Some(None)
+            } else {
+                None
+            };
+            if let Some(next) = next {
+                self.shown = next;
                 self.pending = None;
+                self.away_frames = 0;
                 changed = Some(SignChanged {
-                    digit: candidate,
-                    confidence: confidence_of(candidate, &self.ema),
+                    digit: next,
+                    confidence: confidence_of(next, &self.ema),
                     timestamp_us,
                 });
             }
@@ -317,6 +347,27 @@ mod tests {
             .find(|&i| s.update(&row(3, 0.9), i * 10_000).changed.is_some())
             .unwrap();
         assert_eq!(when, 10);
+    }
+
+    /// Issue 6 (replay of the test photos): a photo the model is unsure of, its probability
+    /// hovering around `enter_threshold`, used to leave the previous digit on screen at a few
+    /// percent, and the next sign then came through a "no sign" step. The stale digit is given
+    /// up once it has had no support for the hold.
+    #[test]
+    fn a_stale_digit_is_given_up_when_the_next_sign_is_unsure() {
+        let o = SmoothingOptions {
+            alpha: 1.0,
+            ..SmoothingOptions::default()
+        };
+        let mut s = Smoother::new(o).unwrap();
+        let shown = feed(&mut s, (0..3).map(|_| row(6, 0.95)));
+        assert_eq!(shown.last().unwrap().digit, Some(6));
+        // 2 at 0.7 (a candidate) and 0.5 (not enough) in turn: never steady for 3 frames.
+        let unsure = (0..8).map(|i| row(2, if i % 2 == 0 { 0.7 } else { 0.5 }));
+        let events = feed(&mut s, unsure);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].digit, None);
+        assert_eq!(s.digit(), None);
     }
 
     #[test]
