@@ -8,14 +8,15 @@
 //!   would deliver it. How many frames the model sees then depends on how fast it runs on this
 //!   machine, and on what else the machine is doing.
 //! - [`Pacing::Lockstep`]: the camera's clock is slaved to the pipeline: after every
-//!   `frames_per_result` pushed frames the session waits until the pipeline has finished one
-//!   more frame. Pushes still never wait on inference (the waiting is the session's, between
+//!   `frames_per_result` pushed frames the session waits until the pipeline has finished the
+//!   last of them. Pushes still never wait on inference (the waiting is the session's, between
 //!   pushes), the slot still replaces frames the worker has not taken (they are counted as
-//!   dropped), but each hold of `H` frames gets `H / frames_per_result` processed frames
-//!   however slow the model or busy the machine is. It is a camera running
-//!   `frames_per_result` times faster than inference, e.g. 30 fps against 5 inferences per
-//!   second for `frames_per_result = 6`. Replay tests use it so that their verdict does not
-//!   depend on the load of the machine.
+//!   dropped). The worker, idle after that wait, takes the next group's first frame at once
+//!   and its last one after the wait, so each hold of `H` frames (a multiple of the group)
+//!   gets between `H / frames_per_result` and twice as many processed frames however slow the
+//!   model or busy the machine is (waiting for "one more result" instead let a hold get as few
+//!   as 3 of 6 when the worker took a group's first frame). Replay tests use it so that their
+//!   verdict does not depend on the load of the machine.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -364,7 +365,8 @@ impl Collector {
         }
         if event.is_result() {
             self.results += 1;
-            self.last_result = Some(event.sequence());
+            // With several workers results can arrive out of order: keep the newest.
+            self.last_result = self.last_result.max(Some(event.sequence()));
             self.status.processed = self.results;
         }
         let frame = ring
@@ -439,7 +441,6 @@ pub fn run(
     let started = Instant::now();
     let mut last_stats = started;
     let live = source.is_live();
-    let mut waits = 0u64;
     let mut last_pushed = None;
     let mut stopped = false;
 
@@ -508,8 +509,9 @@ pub fn run(
         }
         if let Pacing::Lockstep { frames_per_result } = options.pacing {
             if (sequence + 1).is_multiple_of(frames_per_result.max(1)) {
-                waits += 1;
-                wait_until(&mut c, &ring, observer, &|c| c.results >= waits)?;
+                wait_until(&mut c, &ring, observer, &|c| {
+                    c.last_result.is_some_and(|r| r >= sequence)
+                })?;
             }
         }
     }

@@ -73,7 +73,11 @@ fn check_shape(report: &Report, photos: usize) {
     let score = report.score.as_ref().unwrap();
     assert_eq!(score.holds, photos);
     assert_eq!(score.unprocessed, 0, "{score:?}");
-    assert!(score.processed_min >= 4, "{score:?}");
+    // Lockstep: every group of FRAMES_PER_RESULT frames has its last frame processed.
+    assert!(
+        score.processed_min >= FRAMES_PER_HOLD / FRAMES_PER_RESULT,
+        "{score:?}"
+    );
     assert_eq!(
         score.flicker, 0,
         "the digit flickered within a hold: {score:?}"
