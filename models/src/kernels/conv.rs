@@ -3,7 +3,8 @@
 //! Output pixels are the GEMM's rows, output channels its columns and `(ky, kx, c_in)` its
 //! depth. The left operand is an implicit im2col ([`Im2col`]): each `MR x KC` panel is
 //! gathered from the input when it is packed, so no im2col buffer is ever built. A 1x1
-//! stride-1 convolution degenerates to packing rows of the input as they are. 3x3 stride-1
+//! stride-1 convolution multiplies its input in place: NHWC activations are already the
+//! `[pixels, c_in]` left operand. 3x3 stride-1
 //! convolutions with enough input channels go through [`Winograd`] instead.
 
 use super::gemm::{self, Epilogue, PackA, PackedB};
@@ -106,6 +107,13 @@ impl PackA for Im2col<'_> {
                 k += run;
             }
         }
+    }
+
+    fn row_major(&self) -> Option<(&[f32], usize)> {
+        let g = &self.geometry;
+        // A 1x1 stride-1 unpadded convolution's im2col is its input, a [pixels, c_in] matrix.
+        (g.kernel == 1 && g.stride == 1 && g.pad_top == 0 && g.pad_left == 0)
+            .then(|| (&self.input[..g.out_pixels() * g.c_in], g.c_in))
     }
 }
 
@@ -342,6 +350,51 @@ pub(crate) mod tests {
                 assert!(
                     err <= 1e-4,
                     "{} case {case} k{kernel} s{stride} {padding:?} {n}x{c}x{h}x{w}->{c_out}: {err:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+
+    /// 1x1 convolutions, which read their input in place: pixel counts around the tile
+    /// height (partial last panels), depths past one packed block, residual and ReLU6 fused.
+    #[test]
+    fn pointwise_conv_reads_its_input_in_place() {
+        let mut rng = Rng::new(7);
+        for isa in Isa::supported() {
+            for case in 0..12 {
+                let (n, h, w) = (1 + rng.below(2), 1 + rng.below(14), 1 + rng.below(14));
+                let c_in = [1, 16, 37, 300, 600][case % 5] + rng.below(3);
+                let c_out = 1 + rng.below(70);
+                let x = rng.vec(n * h * w * c_in);
+                let weight = rng.vec(c_out * c_in);
+                let bias = rng.vec(c_out);
+                let residual = rng.vec(n * h * w * c_out);
+                let mut expected = vec![0f32; n * h * w * c_out];
+                for (p, out) in expected.chunks_exact_mut(c_out).enumerate() {
+                    for (o, y) in out.iter_mut().enumerate() {
+                        let dot: f64 = (0..c_in)
+                            .map(|i| f64::from(x[p * c_in + i]) * f64::from(weight[o * c_in + i]))
+                            .sum();
+                        let v = (dot as f32 + bias[o]).clamp(0.0, 6.0);
+                        *y = v + residual[p * c_out + o];
+                    }
+                }
+                let conv = Conv::new(
+                    isa,
+                    &weight,
+                    bias,
+                    (c_in, c_out, 1),
+                    1,
+                    Padding::TfSame,
+                    Activation::Relu6,
+                );
+                let mut out = vec![f32::NAN; expected.len()];
+                conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));
+                let err = max_relative_error(&out, &expected);
+                assert!(
+                    err <= 1e-5,
+                    "{} {n}x{h}x{w} {c_in}->{c_out}: {err:e}",
                     isa.name()
                 );
             }

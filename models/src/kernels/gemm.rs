@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{multiversion, Activation, Arch, Isa, SyncPtr};
+use super::{multiversion, parallel, Activation, Arch, Isa, SyncPtr};
 
 /// Depth of one packed block: a `KC x NR` strip of `B` stays in L1 while the panels of `A`
 /// stream past it.
@@ -36,6 +36,21 @@ pub(crate) struct Microkernel {
     pub run: unsafe fn(
         kc: usize,
         a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ),
+    /// As `run`, with `a` read in place from a row-major matrix: row `i` of the tile starts
+    /// at `a + i * lda`, its depth `p` at `+ p`. A 1x1 convolution's NHWC input is such a
+    /// matrix, so it multiplies without being packed.
+    ///
+    /// # Safety
+    /// As `run`, with `a + i * lda + p` readable for every `i < mr`, `p < kc`.
+    pub run_rows: unsafe fn(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -130,6 +145,12 @@ pub trait PackA: Sync {
     fn prepacked(&self, _mr: usize) -> Option<&[f32]> {
         None
     }
+
+    /// The whole operand as a row-major matrix with rows `lda` apart, when the source stores
+    /// it so: the microkernels then read it in place ([`Microkernel::run_rows`]).
+    fn row_major(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 /// An `M x K` operand stored packed: see [`PackA::prepacked`].
@@ -198,6 +219,10 @@ impl PackA for RowMajor<'_> {
             }
         }
     }
+
+    fn row_major(&self) -> Option<(&[f32], usize)> {
+        Some((self.data, self.cols))
+    }
 }
 
 /// What the last store of an output tile does to `C = A·B`:
@@ -249,7 +274,8 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     let panels_per_block = (MC / mk.mr).max(1);
     let row_blocks = m.div_ceil(mk.mr).div_ceil(panels_per_block);
     // Enough blocks for every thread: split the columns when the rows alone are too few.
-    let threads = rayon::current_num_threads();
+    let par = parallel(m * n * a.depth());
+    let threads = if par { rayon::current_num_threads() } else { 1 };
     let col_blocks = (2 * threads).div_ceil(row_blocks).clamp(1, strips);
     let strips_per_block = strips.div_ceil(col_blocks);
     let col_blocks = strips.div_ceil(strips_per_block);
@@ -263,7 +289,7 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
         unsafe { gemm_block(isa, mk, a, b, out.get(), rows, cols, epilogue) };
     };
     let blocks = row_blocks * col_blocks;
-    if blocks == 1 || threads == 1 {
+    if blocks == 1 || !par {
         (0..blocks).for_each(run);
     } else {
         (0..blocks).into_par_iter().for_each(run);
@@ -315,26 +341,38 @@ unsafe fn gemm_block(
         prepacked.is_none() || rows.start.is_multiple_of(mr),
         "prepacked rows start a panel"
     );
+    // Read in place: every full panel straight from the source; only a last partial one is
+    // packed (its missing rows as zeros).
+    let in_place = if prepacked.is_none() {
+        a.row_major()
+    } else {
+        None
+    };
+    let full_panels = match in_place {
+        Some(_) => rows.len() / mr,
+        None => 0,
+    };
     let mut tile = vec![0f32; mr * nr];
     PACK_A.with_borrow_mut(|packed| {
         if prepacked.is_none() {
-            packed.resize(panels * kc_max * mr, 0.0);
+            packed.resize((panels - full_panels) * kc_max * mr, 0.0);
         }
         for kb in 0..k_blocks {
             let k0 = kb * kc_max;
             let kc = kc_max.min(k - k0);
-            // Panel p of this depth block starts at panel_at(p).
+            // Panel p (p >= full_panels) of this depth block starts at panel_at(p).
             let (source, panel_at): (&[f32], Box<dyn Fn(usize) -> usize>) = match prepacked {
                 Some(all) => {
                     let first = rows.start / mr;
                     (all, Box::new(move |p| (first + p) * k * mr + k0 * mr))
                 }
                 None => {
-                    for p in 0..panels {
-                        let out = &mut packed[p * kc * mr..(p + 1) * kc * mr];
+                    for p in full_panels..panels {
+                        let q = p - full_panels;
+                        let out = &mut packed[q * kc * mr..(q + 1) * kc * mr];
                         a.pack(rows.start + p * mr, k0, kc, mr, out);
                     }
-                    (&packed[..], Box::new(move |p| p * kc * mr))
+                    (&packed[..], Box::new(move |p| (p - full_panels) * kc * mr))
                 }
             };
             let accumulate = kb > 0;
@@ -346,33 +384,38 @@ unsafe fn gemm_block(
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
                     let tile_rows = mr.min(rows.end - row0);
-                    let panel = source[panel_at(p)..][..kc * mr].as_ptr();
-                    if tile_rows == mr && cols == nr {
-                        // SAFETY: the panel holds kc*mr values, the strip from k0 at least
-                        // kc*nr; the full tile at (row0, col0) lies in this call's rectangle
-                        // of `c`, rows n apart; the instruction set is the `Isa`'s.
-                        unsafe {
-                            (mk.run)(
-                                kc,
-                                panel,
-                                strip.as_ptr(),
-                                c.add(row0 * n + col0),
-                                n,
-                                accumulate,
-                            )
-                        };
+                    let full = tile_rows == mr && cols == nr;
+                    let (dst, ldc) = if full {
+                        // SAFETY: the full tile at (row0, col0) lies in this call's rectangle.
+                        (unsafe { c.add(row0 * n + col0) }, n)
                     } else {
-                        // SAFETY: as above, into the mr x nr scratch tile.
-                        unsafe {
-                            (mk.run)(kc, panel, strip.as_ptr(), tile.as_mut_ptr(), nr, false)
-                        };
+                        (tile.as_mut_ptr(), nr)
+                    };
+                    let acc = accumulate && full;
+                    match in_place {
+                        Some((data, lda)) if p < full_panels => {
+                            let rows_at = data[row0 * lda + k0..][..(mr - 1) * lda + kc].as_ptr();
+                            // SAFETY: rows row0..row0+mr of the source exist (a full panel)
+                            // and hold depths k0..k0+kc; the strip from k0 holds kc*nr values;
+                            // `dst` is a tile of this call's rectangle or the scratch tile;
+                            // the instruction set is the `Isa`'s.
+                            unsafe {
+                                (mk.run_rows)(kc, rows_at, lda, strip.as_ptr(), dst, ldc, acc)
+                            };
+                        }
+                        _ => {
+                            let panel = source[panel_at(p)..][..kc * mr].as_ptr();
+                            // SAFETY: the panel holds kc*mr values, the strip from k0 at least
+                            // kc*nr; `dst` as above.
+                            unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, ldc, acc) };
+                        }
                     }
                     for r in 0..tile_rows {
                         let row = row0 + r;
                         // SAFETY: (row, col0..col0+cols) lies in this call's rectangle.
                         let dst =
                             unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
-                        if tile_rows != mr || cols != nr {
+                        if !full {
                             store(isa, &tile[r * nr..r * nr + cols], dst, accumulate);
                         }
                         if last && !epilogue.is_none() {
@@ -398,7 +441,7 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
         a.pack(r, 0, k, 1, row);
     }
     let out = SyncPtr::new(c);
-    (0..n.div_ceil(nr)).into_par_iter().for_each(|s| {
+    let run = |s: usize| {
         let col0 = s * nr;
         let cols = nr.min(n - col0);
         let mut acc = vec![0f32; nr];
@@ -413,7 +456,13 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
             store(isa, &acc[..cols], dst, false);
             finish(isa, dst, bias, epilogue.activation, residual);
         }
-    });
+    };
+    let strips = n.div_ceil(nr);
+    if parallel(m * n * k) {
+        (0..strips).into_par_iter().for_each(run);
+    } else {
+        (0..strips).for_each(run);
+    }
 }
 
 multiversion! {

@@ -235,6 +235,16 @@ impl Isa {
     }
 }
 
+/// Below this much work (multiply-adds, or elements touched) a kernel call stays on the
+/// calling thread: waking rayon's pool and joining it costs microseconds, more than a
+/// small layer takes (alexnet-small's later layers and pools at batch 1).
+const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// Whether a kernel call doing `work` is worth sharing out over rayon's pool.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1
+}
+
 /// A pointer shared by the threads of one kernel call, each writing a disjoint part.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(*mut f32);

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::conv::Geometry;
 use super::gemm::{self, Epilogue, Microkernel, PackedB, Panels};
-use super::{multiversion, multiversion_unsafe, Activation, Isa, SyncPtr};
+use super::{multiversion, multiversion_unsafe, parallel, Activation, Isa, SyncPtr};
 
 /// Most tiles per block of work: enough rows for each GEMM to reuse every strip of the
 /// transformed filters many times once it is in cache.
@@ -81,10 +81,13 @@ impl Winograd {
         );
         // Blocks of tiles, a multiple of the thread count; or, with few tiles, one block whose
         // output channels are split between the threads.
-        let threads = rayon::current_num_threads();
+        let par = parallel(tiles * 16 * self.c_in * self.c_out);
+        let threads = if par { rayon::current_num_threads() } else { 1 };
         let nr = self.u[0].nr();
         let strips = self.c_out.div_ceil(nr);
-        let (blocks, groups) = if tiles < threads * MIN_TILES {
+        let (blocks, groups) = if !par {
+            (tiles.div_ceil(MAX_TILES), 1)
+        } else if tiles < threads * MIN_TILES {
             (1, threads.min(strips))
         } else {
             (tiles.div_ceil(MAX_TILES).div_ceil(threads) * threads, 1)
@@ -92,7 +95,7 @@ impl Winograd {
         let per_block = tiles.div_ceil(blocks);
         let per_group = strips.div_ceil(groups);
         let out = SyncPtr::new(output);
-        (0..blocks * groups).into_par_iter().for_each(|item| {
+        let run = |item: usize| {
             let (block, group) = (item / groups, item % groups);
             let first = block * per_block;
             if first >= tiles {
@@ -140,7 +143,12 @@ impl Winograd {
                     };
                 }
             });
-        });
+        };
+        if par {
+            (0..blocks * groups).into_par_iter().for_each(run);
+        } else {
+            (0..blocks * groups).for_each(run);
+        }
     }
 }
 
