@@ -9,7 +9,8 @@
 //!   ([`conv`]) and never materialises a full im2col buffer; bias, ReLU/ReLU6 and a residual
 //!   add are fused into the store of each output tile;
 //! - [`conv`]: dense convolution (any kernel, stride, padding) through that GEMM;
-//! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(2x2, 3x3), 2.25x fewer multiplies;
+//! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(4x4, 3x3) (or F(2x2, 3x3)), 4x (2.25x)
+//!   fewer multiplies;
 //! - [`depthwise`]: depthwise convolution vectorised over channels;
 //! - [`dense`]: fully connected layers;
 //! - [`pool`]: 2x2 max pooling and global average pooling.
