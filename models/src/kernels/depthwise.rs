@@ -84,6 +84,8 @@ impl Depthwise {
 
 /// Channels per register block: one AVX-512 vector, two AVX2 or four NEON ones.
 const LANES: usize = 16;
+/// Output pixels computed together.
+const GROUP: usize = 4;
 
 multiversion! {
     /// One output row `(image, oy)` of a depthwise convolution.
@@ -102,7 +104,50 @@ multiversion! {
         let (c, k, s) = (dw.channels, g.kernel, g.stride);
         let blocks = c / LANES;
         let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
+        // Pixels whose whole window lies inside the input row go GROUP at a time: GROUP
+        // independent sums hide the add latency, and each weight load serves GROUP pixels.
+        let first = g.pad_left.div_ceil(s);
+        let end = match (g.width + g.pad_left).checked_sub(k) {
+            Some(span) => (span / s + 1).min(g.out_width),
+            None => 0,
+        };
+        let groups = if blocks > 0 && first < end { (end - first) / GROUP } else { 0 };
+        for group in 0..groups {
+            let ox0 = first + group * GROUP;
+            // Input column of tap 0 of pixel ox0.
+            let x0 = ox0 * s - g.pad_left;
+            for b in 0..blocks {
+                let c0 = b * LANES;
+                let bias: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
+                let mut acc = [bias; GROUP];
+                for ky in taps_y.clone() {
+                    let iy = oy * s + ky - g.pad_top;
+                    let row = ((image * g.height + iy) * g.width + x0) * c + c0;
+                    for kx in 0..k {
+                        let w: &[f32; LANES] =
+                            dw.weights[(ky * k + kx) * c + c0..][..LANES].try_into().unwrap();
+                        for (q, acc) in acc.iter_mut().enumerate() {
+                            let x: &[f32; LANES] = input[row + (q * s + kx) * c..][..LANES]
+                                .try_into()
+                                .unwrap();
+                            for l in 0..LANES {
+                                acc[l] += x[l] * w[l];
+                            }
+                        }
+                    }
+                }
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    dw.activation.apply(acc);
+                    let at = (ox0 + q) * c + c0;
+                    out[at..at + LANES].copy_from_slice(acc);
+                }
+            }
+        }
+        let grouped = first..first + groups * GROUP;
         for (ox, acc_out) in out.chunks_exact_mut(c).enumerate() {
+            if grouped.contains(&ox) && blocks * LANES == c {
+                continue;
+            }
             let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
             // Input offset of tap (ky, kx) is at(ky) + kx * c.
             let x0 = ox * s + taps_x.start - g.pad_left;
@@ -110,6 +155,7 @@ multiversion! {
                 let iy = oy * s + ky - g.pad_top;
                 ((image * g.height + iy) * g.width + x0) * c
             };
+            let blocks = if grouped.contains(&ox) { 0 } else { blocks };
             for b in 0..blocks {
                 let c0 = b * LANES;
                 let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
@@ -128,7 +174,7 @@ multiversion! {
                 dw.activation.apply(&mut acc);
                 acc_out[c0..c0 + LANES].copy_from_slice(&acc);
             }
-            let c0 = blocks * LANES;
+            let c0 = dw.channels / LANES * LANES;
             if c0 < c {
                 let acc = &mut acc_out[c0..];
                 acc.copy_from_slice(&dw.bias[c0..]);

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{multiversion, parallel, Activation, Arch, Isa, SyncPtr};
+use super::{multiversion, multiversion_unsafe, parallel, Activation, Arch, Isa, SyncPtr};
 
 /// Depth of one packed block: a `KC x NR` strip of `B` stays in L1 while the panels of `A`
 /// stream past it.
@@ -410,21 +410,22 @@ unsafe fn gemm_block(
                             unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, ldc, acc) };
                         }
                     }
-                    for r in 0..tile_rows {
-                        let row = row0 + r;
-                        // SAFETY: (row, col0..col0+cols) lies in this call's rectangle.
-                        let dst =
-                            unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
-                        if !full {
-                            store(isa, &tile[r * nr..r * nr + cols], dst, accumulate);
-                        }
-                        if last && !epilogue.is_none() {
-                            let bias = epilogue.bias.map(|b| &b[col0..col0 + cols]);
-                            let residual = epilogue
-                                .residual
-                                .map(|res| &res[row * n + col0..row * n + col0 + cols]);
-                            finish(isa, dst, bias, epilogue.activation, residual);
-                        }
+                    if !full || (last && !epilogue.is_none()) {
+                        let scratch = (!full).then_some((&tile[..], nr, accumulate));
+                        let epilogue = (last && !epilogue.is_none()).then_some(epilogue);
+                        // SAFETY: rows row0..row0+tile_rows, columns col0..col0+cols lie in
+                        // this call's rectangle of `c`, rows n apart.
+                        unsafe {
+                            complete_tile(
+                                isa,
+                                c,
+                                n,
+                                (row0, tile_rows),
+                                (col0, cols),
+                                scratch,
+                                epilogue,
+                            )
+                        };
                     }
                 }
             }
@@ -466,13 +467,68 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
 }
 
 multiversion! {
-    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`.
+    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`, four depths per step so that the
+    /// multiply-adds of a step are independent and only one add per step waits on the last.
     fn gemv_strip(row: &[f32], strip: &[f32], acc: &mut [f32]) {
         let nr = acc.len();
         acc.fill(0.0);
-        for (x, w) in row.iter().zip(strip.chunks_exact(nr)) {
+        let mut rows = row.chunks_exact(4);
+        let mut strips = strip.chunks_exact(4 * nr);
+        for (x, w) in (&mut rows).zip(&mut strips) {
+            let (w0, rest) = w.split_at(nr);
+            let (w1, rest) = rest.split_at(nr);
+            let (w2, w3) = rest.split_at(nr);
+            for j in 0..nr {
+                acc[j] += (x[0] * w0[j] + x[1] * w1[j]) + (x[2] * w2[j] + x[3] * w3[j]);
+            }
+        }
+        for (x, w) in rows.remainder().iter().zip(strips.remainder().chunks_exact(nr)) {
             for (a, w) in acc.iter_mut().zip(w) {
                 *a += *x * *w;
+            }
+        }
+    }
+}
+
+multiversion_unsafe! {
+    /// Completes the output tile of rows `row0 .. row0+rows`, columns `col0 .. col0+cols` of
+    /// `c` (`n` columns): an edge tile is first stored from `scratch` (`(tile, its row
+    /// length, add to what is there)`), then the epilogue, if any, runs over it. One call per
+    /// tile, so the epilogue's bias stays in registers across the tile's rows.
+    ///
+    /// # Safety
+    /// The tile lies inside `c`, and no other thread touches it meanwhile.
+    unsafe fn complete_tile(
+        c: *mut f32,
+        n: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        scratch: Option<(&[f32], usize, bool)>,
+        epilogue: Option<&Epilogue>,
+    ) {
+        let ((row0, rows), (col0, cols)) = (rows, cols);
+        let bias = epilogue.and_then(|e| e.bias).map(|b| &b[col0..col0 + cols]);
+        for r in 0..rows {
+            let row = row0 + r;
+            // SAFETY: (row, col0..col0+cols) lies in the tile; see the contract.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
+            if let Some((tile, ld, accumulate)) = scratch {
+                let src = &tile[r * ld..r * ld + cols];
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+            if let Some(epilogue) = epilogue {
+                if let Some(bias) = bias {
+                    dst.iter_mut().zip(bias).for_each(|(d, b)| *d += *b);
+                }
+                epilogue.activation.apply(dst);
+                if let Some(residual) = epilogue.residual {
+                    let residual = &residual[row * n + col0..row * n + col0 + cols];
+                    dst.iter_mut().zip(residual).for_each(|(d, r)| *d += *r);
+                }
             }
         }
     }
