@@ -3,7 +3,9 @@
 //! The layout follows BLIS (Van Zee & van de Geijn, 2015): `B` (the weights) is packed once,
 //! at load, into strips of `NR` columns ([`PackedB`]); `A` (the activations) is packed per
 //! call, `MR` rows by `KC` depths at a time, by a [`PackA`] source, which is where a
-//! convolution's implicit im2col lives. A microkernel multiplies one `MR x KC` panel by one
+//! convolution's implicit im2col lives; a source that is
+//! already a row-major matrix (a 1x1 convolution's NHWC input, Winograd's transformed tiles) is
+//! read in place instead. A microkernel multiplies one `MR x KC` panel by one
 //! `KC x NR` strip in registers; the store of the last depth block adds the bias, applies the
 //! activation and adds the residual, so a layer's output is written once.
 //!
@@ -140,51 +142,10 @@ pub trait PackA: Sync {
     /// `out[p * mr + r]`.
     fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]);
 
-    /// The whole operand already packed for panels of `mr` rows, when the source stores it
-    /// so: panel `p` at `p * K * mr`, its depth `k` at `+ k * mr`, rows past `M` anything.
-    fn prepacked(&self, _mr: usize) -> Option<&[f32]> {
-        None
-    }
-
     /// The whole operand as a row-major matrix with rows `lda` apart, when the source stores
     /// it so: the microkernels then read it in place ([`Microkernel::run_rows`]).
     fn row_major(&self) -> Option<(&[f32], usize)> {
         None
-    }
-}
-
-/// An `M x K` operand stored packed: see [`PackA::prepacked`].
-pub struct Panels<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub mr: usize,
-}
-
-impl PackA for Panels<'_> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn depth(&self) -> usize {
-        self.cols
-    }
-
-    fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
-        for r in 0..mr {
-            let m = m0 + r;
-            for p in 0..kc {
-                out[p * mr + r] = if m < self.rows {
-                    self.data[(m / self.mr * self.cols + k0 + p) * self.mr + m % self.mr]
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-
-    fn prepacked(&self, mr: usize) -> Option<&[f32]> {
-        (mr == self.mr).then_some(self.data)
     }
 }
 
@@ -336,45 +297,24 @@ unsafe fn gemm_block(
     let k_blocks = k.div_ceil(KC).max(1);
     let kc_max = k.div_ceil(k_blocks);
     let panels = rows.len().div_ceil(mr);
-    let prepacked = a.prepacked(mr);
-    assert!(
-        prepacked.is_none() || rows.start.is_multiple_of(mr),
-        "prepacked rows start a panel"
-    );
     // Read in place: every full panel straight from the source; only a last partial one is
     // packed (its missing rows as zeros).
-    let in_place = if prepacked.is_none() {
-        a.row_major()
-    } else {
-        None
-    };
+    let in_place = a.row_major();
     let full_panels = match in_place {
         Some(_) => rows.len() / mr,
         None => 0,
     };
     let mut tile = vec![0f32; mr * nr];
     PACK_A.with_borrow_mut(|packed| {
-        if prepacked.is_none() {
-            packed.resize((panels - full_panels) * kc_max * mr, 0.0);
-        }
+        packed.resize((panels - full_panels) * kc_max * mr, 0.0);
         for kb in 0..k_blocks {
             let k0 = kb * kc_max;
             let kc = kc_max.min(k - k0);
-            // Panel p (p >= full_panels) of this depth block starts at panel_at(p).
-            let (source, panel_at): (&[f32], Box<dyn Fn(usize) -> usize>) = match prepacked {
-                Some(all) => {
-                    let first = rows.start / mr;
-                    (all, Box::new(move |p| (first + p) * k * mr + k0 * mr))
-                }
-                None => {
-                    for p in full_panels..panels {
-                        let q = p - full_panels;
-                        let out = &mut packed[q * kc * mr..(q + 1) * kc * mr];
-                        a.pack(rows.start + p * mr, k0, kc, mr, out);
-                    }
-                    (&packed[..], Box::new(move |p| (p - full_panels) * kc * mr))
-                }
-            };
+            for p in full_panels..panels {
+                let q = p - full_panels;
+                let out = &mut packed[q * kc * mr..(q + 1) * kc * mr];
+                a.pack(rows.start + p * mr, k0, kc, mr, out);
+            }
             let accumulate = kb > 0;
             let last = kb + 1 == k_blocks;
             for s in strips.clone() {
@@ -404,7 +344,7 @@ unsafe fn gemm_block(
                             };
                         }
                         _ => {
-                            let panel = source[panel_at(p)..][..kc * mr].as_ptr();
+                            let panel = packed[(p - full_panels) * kc * mr..][..kc * mr].as_ptr();
                             // SAFETY: the panel holds kc*mr values, the strip from k0 at least
                             // kc*nr; `dst` as above.
                             unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, ldc, acc) };

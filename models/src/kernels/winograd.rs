@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::gemm::{self, Epilogue, Microkernel, PackedB, Panels};
+use super::gemm::{self, Epilogue, PackedB, RowMajor};
 use super::{multiversion, multiversion_unsafe, parallel, Activation, Isa, SyncPtr};
 
 /// Output pixels per block of work (rounded to whole tiles): enough rows for each GEMM to
@@ -155,27 +155,26 @@ impl Winograd {
             let strips = group * per_group..((group + 1) * per_group).min(strips);
             let channels = strips.start * nr..(strips.end * nr).min(self.c_out);
             SCRATCH.with_borrow_mut(|scratch| {
-                // The transformed inputs go straight into the GEMM's packed layout.
-                let mr = Microkernel::for_isa(isa).mr;
-                let per_t = count.div_ceil(mr) * mr * self.c_in;
+                // The transformed inputs of position t form a row-major [tiles, c_in] matrix,
+                // which the GEMM reads in place.
+                let per_t = count * self.c_in;
                 scratch.v.resize(positions * per_t, 0.0);
                 scratch.m.resize(positions * count * self.c_out, 0.0);
                 let v = &mut scratch.v[..positions * per_t];
                 let mm = &mut scratch.m[..positions * count * self.c_out];
                 for tile in 0..count {
                     let origin = tile_origin(first + tile, m, th, tw);
-                    let layout = (tile, mr, per_t);
+                    let layout = (tile, per_t);
                     match self.tile {
                         Tile::F2 => input_transform_f2(isa, input, g, origin, layout, v),
                         Tile::F4 => input_transform_f4(isa, input, g, origin, layout, v),
                     }
                 }
                 for (t, u) in self.u.iter().enumerate() {
-                    let a = Panels {
+                    let a = RowMajor {
                         data: &v[t * per_t..(t + 1) * per_t],
                         rows: count,
                         cols: self.c_in,
-                        mr,
                     };
                     let c = &mut mm[t * count * self.c_out..(t + 1) * count * self.c_out];
                     gemm::gemm_serial(isa, &a, u, c, strips.clone());
@@ -293,24 +292,20 @@ fn gather<const P: usize>(
     }
 }
 
-/// Writes the transformed patch `d` (channels `c0 .. c0+len`) into `v[t]` (`per_t` values
-/// apart) packed in panels of `mr` tiles, `[panel][c][tile % mr]`: the GEMM's layout
-/// ([`Panels`]).
+/// Writes the transformed patch `d` (channels `c0 .. c0+len`) into row `tile` of `v[t]`
+/// (`per_t` values apart), a row-major `[tiles, c_in]` matrix.
 #[inline(always)]
 fn scatter<const P: usize>(
     d: &[[f32; LANES]; P],
-    (tile, mr, per_t): (usize, usize, usize),
+    (tile, per_t): (usize, usize),
     c_in: usize,
     c0: usize,
     len: usize,
     v: &mut [f32],
 ) {
-    let panel = tile / mr * c_in * mr + tile % mr;
     for (t, dt) in d.iter().enumerate() {
-        let at = t * per_t + panel + c0 * mr;
-        for (l, x) in dt[..len].iter().enumerate() {
-            v[at + l * mr] = *x;
-        }
+        let at = t * per_t + tile * c_in + c0;
+        v[at..at + len].copy_from_slice(&dt[..len]);
     }
 }
 
@@ -321,7 +316,7 @@ multiversion! {
         input: &[f32],
         g: &Geometry,
         origin: (usize, usize, usize),
-        layout: (usize, usize, usize),
+        layout: (usize, usize),
         v: &mut [f32],
     ) {
         let rows = patch_rows::<16>(g, 4, origin);
@@ -389,7 +384,7 @@ multiversion! {
         input: &[f32],
         g: &Geometry,
         origin: (usize, usize, usize),
-        layout: (usize, usize, usize),
+        layout: (usize, usize),
         v: &mut [f32],
     ) {
         let rows = patch_rows::<36>(g, 6, origin);
