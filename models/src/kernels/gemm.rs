@@ -3,10 +3,9 @@
 //! The layout follows BLIS (Van Zee & van de Geijn, 2015): `B` (the weights) is packed once,
 //! at load, into strips of `NR` columns ([`PackedB`]); `A` (the activations) is packed per
 //! call, `MR` rows by `KC` depths at a time, by a [`PackA`] source, which is where a
-//! convolution's implicit im2col lives; a source that is
-//! already a row-major matrix (a 1x1 convolution's NHWC input, Winograd's transformed tiles) is
-//! read in place instead. A microkernel multiplies one `MR x KC` panel by one
-//! `KC x NR` strip in registers; the store of the last depth block adds the bias, applies the
+//! convolution's implicit im2col lives. A source that already is a row-major matrix (a 1x1
+//! convolution's NHWC input, Winograd's transformed tiles) is read in place instead. A
+//! microkernel multiplies one `MR x KC` panel by one `KC x NR` strip in registers; the store of the last depth block adds the bias, applies the
 //! activation and adds the residual, so a layer's output is written once.
 //!
 //! Work is split over rayon's pool by blocks of rows (and of column strips when there are too

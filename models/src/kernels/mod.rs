@@ -236,10 +236,12 @@ impl Isa {
     }
 }
 
-/// Below this much work (multiply-adds, or elements touched) a kernel call stays on the
-/// calling thread: waking rayon's pool and joining it costs microseconds, more than a
-/// small layer takes (alexnet-small's later layers and pools at batch 1).
-const PARALLEL_MIN_WORK: usize = 1 << 18;
+/// Below this much work (multiply-adds, or elements touched; about 0.15 ms on one core) a
+/// kernel call stays on the calling thread. Waking rayon's pool and joining it costs
+/// microseconds on an idle machine but up to a scheduler slice when the other cores are busy,
+/// which is what dominated alexnet-small at batch 1 (measured on the shared 2-core machine:
+/// 1.8-2.1 ms with its layers threaded, 1.1-1.5 ms with them serial).
+const PARALLEL_MIN_WORK: usize = 1 << 23;
 
 /// Whether a kernel call doing `work` is worth sharing out over rayon's pool.
 pub(crate) fn parallel(work: usize) -> bool {
