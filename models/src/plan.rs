@@ -285,7 +285,27 @@ fn write_nhwc(x: &Tensor, out: &mut [f32]) -> Result<()> {
 
 /// Loads a tensor of `shape` as a flat f32 vector.
 pub(crate) fn load(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Vec<f32>> {
-    Ok(vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()?)
+    with_weights(vb, shape, name, <[f32]>::to_vec)
+}
+
+/// Calls `f` on the values of a tensor of `shape`, read where the tensor stores them: weights
+/// that are only repacked (not folded) are then never copied twice, which is what bounds the
+/// peak memory of loading a large dense layer.
+pub(crate) fn with_weights<T>(
+    vb: &VarBuilder,
+    shape: &[usize],
+    name: &str,
+    f: impl FnOnce(&[f32]) -> T,
+) -> Result<T> {
+    let tensor = vb.get(shape, name)?.contiguous()?;
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Candle(candle_core::Error::Msg(
+            "the fast kernels run on the CPU".into(),
+        )));
+    };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }
 
 /// Folds inference batch norm (PyTorch names under `vb`) into the preceding layer:

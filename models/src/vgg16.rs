@@ -241,15 +241,18 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
             Some(_) => {
                 let (i, c_in, c_out) = convs.next().expect("13 convolutions");
                 let vb = vb.pp(format!("features.{i}"));
-                let conv = Conv::new(
-                    isa,
-                    &plan::load(&vb, &[c_out, c_in, 3, 3], "weight")?,
-                    plan::load(&vb, &[c_out], "bias")?,
-                    (c_in, c_out, 3),
-                    1,
-                    Padding::Symmetric(1),
-                    Activation::Relu,
-                );
+                let bias = plan::load(&vb, &[c_out], "bias")?;
+                let conv = plan::with_weights(&vb, &[c_out, c_in, 3, 3], "weight", |weight| {
+                    Conv::new(
+                        isa,
+                        weight,
+                        bias,
+                        (c_in, c_out, 3),
+                        1,
+                        Padding::Symmetric(1),
+                        Activation::Relu,
+                    )
+                })?;
                 b.conv(x, conv, None)
             }
             None => b.max_pool_2x2(x),
@@ -263,13 +266,12 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
         (6, c.hidden, c.classes),
     ] {
         let layer = vb.pp(i.to_string());
-        let weight = plan::load(&layer, &[c_out, c_in], "weight")?;
         let bias = plan::load(&layer, &[c_out], "bias")?;
-        let dense = match i {
-            0 => Dense::new(isa, &weight, bias, Activation::Relu, nchw_column(h, w, 512)),
-            3 => Dense::new(isa, &weight, bias, Activation::Relu, |i| i),
-            _ => Dense::new(isa, &weight, bias, Activation::None, |i| i),
-        };
+        let dense = plan::with_weights(&layer, &[c_out, c_in], "weight", |weight| match i {
+            0 => Dense::new(isa, weight, bias, Activation::Relu, nchw_column(h, w, 512)),
+            3 => Dense::new(isa, weight, bias, Activation::Relu, |i| i),
+            _ => Dense::new(isa, weight, bias, Activation::None, |i| i),
+        })?;
         x = b.dense(x, dense);
     }
     Ok(b.finish(x, NAME, c.classes))

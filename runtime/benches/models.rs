@@ -1,7 +1,8 @@
 //! edgemm's side of the ONNX Runtime comparison (issue #8): batch-1 and batch-8 latency of each
 //! model, warm, median of `--runs`, with the kernels `--kernels` names (default `fast`; see
 //! `edgemm_models::Kernels`), each model's peak resident memory (load and runs, read from
-//! `VmHWM` after resetting it), and VGG16's effective GFLOP/s (direct-convolution FLOPs over
+//! `VmHWM` after resetting it; the weights are loaded from a mapped file, as the runtime
+//! loads an artifact), and VGG16's effective GFLOP/s (direct-convolution FLOPs over
 //! the whole forward time). Also writes, for `models/reference/bench_ort.py`, each
 //! model's exact weights (safetensors), its architecture and config (JSON), and a check sample
 //! (input and edgemm's logits) so the ONNX graph is verified to compute the same function.
@@ -123,6 +124,9 @@ fn main() {
     let work = PathBuf::from(value("--work").unwrap_or_else(|| "target/bench-ort".into()));
     let runs: usize = value("--runs").map_or(20, |r| r.parse().unwrap());
     let only = value("--models");
+    let batches: Vec<usize> = value("--batches").map_or(vec![1, 8], |b| {
+        b.split(',').map(|n| n.parse().unwrap()).collect()
+    });
     let kernels = value("--kernels").map_or(Kernels::default(), |k| Kernels::parse(&k).unwrap());
     std::fs::create_dir_all(&work).unwrap();
     for mut model in models() {
@@ -132,10 +136,10 @@ fn main() {
         {
             continue;
         }
-        reset_peak_rss();
         let tensors = weights(&mut model, &work);
-        candle_core::safetensors::save(&tensors, work.join(format!("{}.safetensors", model.name)))
-            .unwrap();
+        let weights_file = work.join(format!("{}.safetensors", model.name));
+        candle_core::safetensors::save(&tensors, &weights_file).unwrap();
+        drop(tensors);
         let meta = serde_json::json!({
             "architecture": model.architecture,
             "config": model.config,
@@ -145,7 +149,13 @@ fn main() {
         std::fs::write(work.join(format!("{}.json", model.name)), meta.to_string()).unwrap();
 
         let arch = edgemm_models::architecture(&model.architecture).unwrap();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        // Loaded as the runtime loads an artifact: from the mapped file, tensor by tensor.
+        reset_peak_rss();
+        // SAFETY: the file was written above and nothing modifies it while it is mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights_file], DType::F32, &Device::Cpu)
+        }
+        .unwrap();
         let net = arch.build_with(&model.config, vb, kernels).unwrap();
         let (h, w) = model.size;
         // The check sample: a fixed input and edgemm's logits for it.
@@ -163,7 +173,7 @@ fn main() {
         )
         .unwrap();
 
-        for batch in [1usize, 8] {
+        for &batch in &batches {
             let x = Tensor::zeros((batch, 3, h, w), DType::F32, &Device::Cpu).unwrap();
             net.forward(&x).unwrap();
             let times: Vec<f64> = (0..runs)

@@ -8,6 +8,7 @@ pub(super) const NEON: Microkernel = Microkernel {
     mr: 8,
     nr: 8,
     run: neon_8x8,
+    run_rows: neon_8x8_rows,
 };
 
 /// # Safety
@@ -44,6 +45,50 @@ unsafe fn neon_8x8(
             row!(5, a1, 1);
             row!(6, a1, 2);
             row!(7, a1, 3);
+        }
+    }
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
+        unsafe {
+            let at = c.add((i / 2) * ldc + 4 * (i % 2));
+            let v = if accumulate {
+                vaddq_f32(*v, vld1q_f32(at))
+            } else {
+                *v
+            };
+            vst1q_f32(at, v);
+        }
+    }
+}
+
+/// [`neon_8x8`] reading `a` in place, rows `lda` apart.
+///
+/// # Safety
+/// See [`Microkernel::run_rows`]; NEON is part of the aarch64 baseline.
+#[target_feature(enable = "neon")]
+unsafe fn neon_8x8_rows(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    const MR: usize = 8;
+    let mut acc = [vdupq_n_f32(0.0); 2 * MR];
+    // SAFETY: rows i < MR start inside the operand (the caller's contract).
+    let rows: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.add(i * lda) });
+    for p in 0..kc {
+        // SAFETY: p < kc, so the loads are inside the operands.
+        unsafe {
+            let b0 = vld1q_f32(b.add(p * 8));
+            let b1 = vld1q_f32(b.add(p * 8 + 4));
+            for i in 0..MR {
+                let ai = *rows[i].add(p);
+                acc[2 * i] = vfmaq_n_f32(acc[2 * i], b0, ai);
+                acc[2 * i + 1] = vfmaq_n_f32(acc[2 * i + 1], b1, ai);
+            }
         }
     }
     for (i, v) in acc.iter().enumerate() {

@@ -3,11 +3,12 @@
 //! Output pixels are the GEMM's rows, output channels its columns and `(ky, kx, c_in)` its
 //! depth. The left operand is an implicit im2col ([`Im2col`]): each `MR x KC` panel is
 //! gathered from the input when it is packed, so no im2col buffer is ever built. A 1x1
-//! stride-1 convolution degenerates to packing rows of the input as they are. 3x3 stride-1
+//! stride-1 convolution multiplies its input in place: NHWC activations are already the
+//! `[pixels, c_in]` left operand. 3x3 stride-1
 //! convolutions with enough input channels go through [`Winograd`] instead.
 
 use super::gemm::{self, Epilogue, PackA, PackedB};
-use super::winograd::Winograd;
+use super::winograd::{Tile, Winograd};
 use super::{Activation, Isa};
 use crate::layers::Padding;
 
@@ -107,11 +108,22 @@ impl PackA for Im2col<'_> {
             }
         }
     }
+
+    fn row_major(&self) -> Option<(&[f32], usize)> {
+        let g = &self.geometry;
+        // A 1x1 stride-1 unpadded convolution's im2col is its input, a [pixels, c_in] matrix.
+        (g.kernel == 1 && g.stride == 1 && g.pad_top == 0 && g.pad_left == 0)
+            .then(|| (&self.input[..g.out_pixels() * g.c_in], g.c_in))
+    }
 }
 
 /// Below this many input channels a 3x3 convolution stays on im2col: Winograd's transforms
 /// cost per channel what its smaller GEMMs save per channel pair.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
+
+/// The Winograd variant 3x3 convolutions use: F(4x4, 3x3) does 1.8x fewer multiplies than
+/// F(2x2, 3x3) (see [`super::winograd`] for what it costs in rounding and memory).
+const WINOGRAD_TILE: Tile = Tile::F4;
 
 /// How a [`Conv`] computes.
 enum Algorithm {
@@ -154,7 +166,13 @@ impl Conv {
                 kernel,
                 stride,
                 padding,
-                algorithm: Algorithm::Winograd(Winograd::new(isa, weight, c_in, c_out)),
+                algorithm: Algorithm::Winograd(Winograd::new(
+                    isa,
+                    WINOGRAD_TILE,
+                    weight,
+                    c_in,
+                    c_out,
+                )),
                 bias,
                 activation,
             }
@@ -342,6 +360,51 @@ pub(crate) mod tests {
                 assert!(
                     err <= 1e-4,
                     "{} case {case} k{kernel} s{stride} {padding:?} {n}x{c}x{h}x{w}->{c_out}: {err:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+
+    /// 1x1 convolutions, which read their input in place: pixel counts around the tile
+    /// height (partial last panels), depths past one packed block, residual and ReLU6 fused.
+    #[test]
+    fn pointwise_conv_reads_its_input_in_place() {
+        let mut rng = Rng::new(7);
+        for isa in Isa::supported() {
+            for case in 0..12 {
+                let (n, h, w) = (1 + rng.below(2), 1 + rng.below(14), 1 + rng.below(14));
+                let c_in = [1, 16, 37, 300, 600][case % 5] + rng.below(3);
+                let c_out = 1 + rng.below(70);
+                let x = rng.vec(n * h * w * c_in);
+                let weight = rng.vec(c_out * c_in);
+                let bias = rng.vec(c_out);
+                let residual = rng.vec(n * h * w * c_out);
+                let mut expected = vec![0f32; n * h * w * c_out];
+                for (p, out) in expected.chunks_exact_mut(c_out).enumerate() {
+                    for (o, y) in out.iter_mut().enumerate() {
+                        let dot: f64 = (0..c_in)
+                            .map(|i| f64::from(x[p * c_in + i]) * f64::from(weight[o * c_in + i]))
+                            .sum();
+                        let v = (dot as f32 + bias[o]).clamp(0.0, 6.0);
+                        *y = v + residual[p * c_out + o];
+                    }
+                }
+                let conv = Conv::new(
+                    isa,
+                    &weight,
+                    bias,
+                    (c_in, c_out, 1),
+                    1,
+                    Padding::TfSame,
+                    Activation::Relu6,
+                );
+                let mut out = vec![f32::NAN; expected.len()];
+                conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));
+                let err = max_relative_error(&out, &expected);
+                assert!(
+                    err <= 1e-5,
+                    "{} {n}x{h}x{w} {c_in}->{c_out}: {err:e}",
                     isa.name()
                 );
             }

@@ -3,8 +3,9 @@
 //! The layout follows BLIS (Van Zee & van de Geijn, 2015): `B` (the weights) is packed once,
 //! at load, into strips of `NR` columns ([`PackedB`]); `A` (the activations) is packed per
 //! call, `MR` rows by `KC` depths at a time, by a [`PackA`] source, which is where a
-//! convolution's implicit im2col lives. A microkernel multiplies one `MR x KC` panel by one
-//! `KC x NR` strip in registers; the store of the last depth block adds the bias, applies the
+//! convolution's implicit im2col lives. A source that already is a row-major matrix (a 1x1
+//! convolution's NHWC input, Winograd's transformed tiles) is read in place instead. A
+//! microkernel multiplies one `MR x KC` panel by one `KC x NR` strip in registers; the store of the last depth block adds the bias, applies the
 //! activation and adds the residual, so a layer's output is written once.
 //!
 //! Work is split over rayon's pool by blocks of rows (and of column strips when there are too
@@ -14,7 +15,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{multiversion, Activation, Arch, Isa, SyncPtr};
+use super::{multiversion, multiversion_unsafe, parallel, Activation, Arch, Isa, SyncPtr};
 
 /// Depth of one packed block: a `KC x NR` strip of `B` stays in L1 while the panels of `A`
 /// stream past it.
@@ -36,6 +37,21 @@ pub(crate) struct Microkernel {
     pub run: unsafe fn(
         kc: usize,
         a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ),
+    /// As `run`, with `a` read in place from a row-major matrix: row `i` of the tile starts
+    /// at `a + i * lda`, its depth `p` at `+ p`. A 1x1 convolution's NHWC input is such a
+    /// matrix, so it multiplies without being packed.
+    ///
+    /// # Safety
+    /// As `run`, with `a + i * lda + p` readable for every `i < mr`, `p < kc`.
+    pub run_rows: unsafe fn(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
         b: *const f32,
         c: *mut f32,
         ldc: usize,
@@ -125,45 +141,10 @@ pub trait PackA: Sync {
     /// `out[p * mr + r]`.
     fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]);
 
-    /// The whole operand already packed for panels of `mr` rows, when the source stores it
-    /// so: panel `p` at `p * K * mr`, its depth `k` at `+ k * mr`, rows past `M` anything.
-    fn prepacked(&self, _mr: usize) -> Option<&[f32]> {
+    /// The whole operand as a row-major matrix with rows `lda` apart, when the source stores
+    /// it so: the microkernels then read it in place ([`Microkernel::run_rows`]).
+    fn row_major(&self) -> Option<(&[f32], usize)> {
         None
-    }
-}
-
-/// An `M x K` operand stored packed: see [`PackA::prepacked`].
-pub struct Panels<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub mr: usize,
-}
-
-impl PackA for Panels<'_> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-
-    fn depth(&self) -> usize {
-        self.cols
-    }
-
-    fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
-        for r in 0..mr {
-            let m = m0 + r;
-            for p in 0..kc {
-                out[p * mr + r] = if m < self.rows {
-                    self.data[(m / self.mr * self.cols + k0 + p) * self.mr + m % self.mr]
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
-
-    fn prepacked(&self, mr: usize) -> Option<&[f32]> {
-        (mr == self.mr).then_some(self.data)
     }
 }
 
@@ -197,6 +178,10 @@ impl PackA for RowMajor<'_> {
                 }
             }
         }
+    }
+
+    fn row_major(&self) -> Option<(&[f32], usize)> {
+        Some((self.data, self.cols))
     }
 }
 
@@ -249,7 +234,8 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     let panels_per_block = (MC / mk.mr).max(1);
     let row_blocks = m.div_ceil(mk.mr).div_ceil(panels_per_block);
     // Enough blocks for every thread: split the columns when the rows alone are too few.
-    let threads = rayon::current_num_threads();
+    let par = parallel(m * n * a.depth());
+    let threads = if par { rayon::current_num_threads() } else { 1 };
     let col_blocks = (2 * threads).div_ceil(row_blocks).clamp(1, strips);
     let strips_per_block = strips.div_ceil(col_blocks);
     let col_blocks = strips.div_ceil(strips_per_block);
@@ -263,7 +249,7 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
         unsafe { gemm_block(isa, mk, a, b, out.get(), rows, cols, epilogue) };
     };
     let blocks = row_blocks * col_blocks;
-    if blocks == 1 || threads == 1 {
+    if blocks == 1 || !par {
         (0..blocks).for_each(run);
     } else {
         (0..blocks).into_par_iter().for_each(run);
@@ -310,33 +296,24 @@ unsafe fn gemm_block(
     let k_blocks = k.div_ceil(KC).max(1);
     let kc_max = k.div_ceil(k_blocks);
     let panels = rows.len().div_ceil(mr);
-    let prepacked = a.prepacked(mr);
-    assert!(
-        prepacked.is_none() || rows.start.is_multiple_of(mr),
-        "prepacked rows start a panel"
-    );
+    // Read in place: every full panel straight from the source; only a last partial one is
+    // packed (its missing rows as zeros).
+    let in_place = a.row_major();
+    let full_panels = match in_place {
+        Some(_) => rows.len() / mr,
+        None => 0,
+    };
     let mut tile = vec![0f32; mr * nr];
     PACK_A.with_borrow_mut(|packed| {
-        if prepacked.is_none() {
-            packed.resize(panels * kc_max * mr, 0.0);
-        }
+        packed.resize((panels - full_panels) * kc_max * mr, 0.0);
         for kb in 0..k_blocks {
             let k0 = kb * kc_max;
             let kc = kc_max.min(k - k0);
-            // Panel p of this depth block starts at panel_at(p).
-            let (source, panel_at): (&[f32], Box<dyn Fn(usize) -> usize>) = match prepacked {
-                Some(all) => {
-                    let first = rows.start / mr;
-                    (all, Box::new(move |p| (first + p) * k * mr + k0 * mr))
-                }
-                None => {
-                    for p in 0..panels {
-                        let out = &mut packed[p * kc * mr..(p + 1) * kc * mr];
-                        a.pack(rows.start + p * mr, k0, kc, mr, out);
-                    }
-                    (&packed[..], Box::new(move |p| p * kc * mr))
-                }
-            };
+            for p in full_panels..panels {
+                let q = p - full_panels;
+                let out = &mut packed[q * kc * mr..(q + 1) * kc * mr];
+                a.pack(rows.start + p * mr, k0, kc, mr, out);
+            }
             let accumulate = kb > 0;
             let last = kb + 1 == k_blocks;
             for s in strips.clone() {
@@ -346,42 +323,48 @@ unsafe fn gemm_block(
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
                     let tile_rows = mr.min(rows.end - row0);
-                    let panel = source[panel_at(p)..][..kc * mr].as_ptr();
-                    if tile_rows == mr && cols == nr {
-                        // SAFETY: the panel holds kc*mr values, the strip from k0 at least
-                        // kc*nr; the full tile at (row0, col0) lies in this call's rectangle
-                        // of `c`, rows n apart; the instruction set is the `Isa`'s.
+                    let full = tile_rows == mr && cols == nr;
+                    let (dst, ldc) = if full {
+                        // SAFETY: the full tile at (row0, col0) lies in this call's rectangle.
+                        (unsafe { c.add(row0 * n + col0) }, n)
+                    } else {
+                        (tile.as_mut_ptr(), nr)
+                    };
+                    let acc = accumulate && full;
+                    match in_place {
+                        Some((data, lda)) if p < full_panels => {
+                            let rows_at = data[row0 * lda + k0..][..(mr - 1) * lda + kc].as_ptr();
+                            // SAFETY: rows row0..row0+mr of the source exist (a full panel)
+                            // and hold depths k0..k0+kc; the strip from k0 holds kc*nr values;
+                            // `dst` is a tile of this call's rectangle or the scratch tile;
+                            // the instruction set is the `Isa`'s.
+                            unsafe {
+                                (mk.run_rows)(kc, rows_at, lda, strip.as_ptr(), dst, ldc, acc)
+                            };
+                        }
+                        _ => {
+                            let panel = packed[(p - full_panels) * kc * mr..][..kc * mr].as_ptr();
+                            // SAFETY: the panel holds kc*mr values, the strip from k0 at least
+                            // kc*nr; `dst` as above.
+                            unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, ldc, acc) };
+                        }
+                    }
+                    if !full || (last && !epilogue.is_none()) {
+                        let scratch = (!full).then_some((&tile[..], nr, accumulate));
+                        let epilogue = (last && !epilogue.is_none()).then_some(epilogue);
+                        // SAFETY: rows row0..row0+tile_rows, columns col0..col0+cols lie in
+                        // this call's rectangle of `c`, rows n apart.
                         unsafe {
-                            (mk.run)(
-                                kc,
-                                panel,
-                                strip.as_ptr(),
-                                c.add(row0 * n + col0),
+                            complete_tile(
+                                isa,
+                                c,
                                 n,
-                                accumulate,
+                                (row0, tile_rows),
+                                (col0, cols),
+                                scratch,
+                                epilogue,
                             )
                         };
-                    } else {
-                        // SAFETY: as above, into the mr x nr scratch tile.
-                        unsafe {
-                            (mk.run)(kc, panel, strip.as_ptr(), tile.as_mut_ptr(), nr, false)
-                        };
-                    }
-                    for r in 0..tile_rows {
-                        let row = row0 + r;
-                        // SAFETY: (row, col0..col0+cols) lies in this call's rectangle.
-                        let dst =
-                            unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
-                        if tile_rows != mr || cols != nr {
-                            store(isa, &tile[r * nr..r * nr + cols], dst, accumulate);
-                        }
-                        if last && !epilogue.is_none() {
-                            let bias = epilogue.bias.map(|b| &b[col0..col0 + cols]);
-                            let residual = epilogue
-                                .residual
-                                .map(|res| &res[row * n + col0..row * n + col0 + cols]);
-                            finish(isa, dst, bias, epilogue.activation, residual);
-                        }
                     }
                 }
             }
@@ -398,7 +381,7 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
         a.pack(r, 0, k, 1, row);
     }
     let out = SyncPtr::new(c);
-    (0..n.div_ceil(nr)).into_par_iter().for_each(|s| {
+    let run = |s: usize| {
         let col0 = s * nr;
         let cols = nr.min(n - col0);
         let mut acc = vec![0f32; nr];
@@ -413,17 +396,78 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
             store(isa, &acc[..cols], dst, false);
             finish(isa, dst, bias, epilogue.activation, residual);
         }
-    });
+    };
+    let strips = n.div_ceil(nr);
+    if parallel(m * n * k) {
+        (0..strips).into_par_iter().for_each(run);
+    } else {
+        (0..strips).for_each(run);
+    }
 }
 
 multiversion! {
-    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`.
+    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`, four depths per step so that the
+    /// multiply-adds of a step are independent and only one add per step waits on the last.
     fn gemv_strip(row: &[f32], strip: &[f32], acc: &mut [f32]) {
         let nr = acc.len();
         acc.fill(0.0);
-        for (x, w) in row.iter().zip(strip.chunks_exact(nr)) {
+        let mut rows = row.chunks_exact(4);
+        let mut strips = strip.chunks_exact(4 * nr);
+        for (x, w) in (&mut rows).zip(&mut strips) {
+            let (w0, rest) = w.split_at(nr);
+            let (w1, rest) = rest.split_at(nr);
+            let (w2, w3) = rest.split_at(nr);
+            for j in 0..nr {
+                acc[j] += (x[0] * w0[j] + x[1] * w1[j]) + (x[2] * w2[j] + x[3] * w3[j]);
+            }
+        }
+        for (x, w) in rows.remainder().iter().zip(strips.remainder().chunks_exact(nr)) {
             for (a, w) in acc.iter_mut().zip(w) {
                 *a += *x * *w;
+            }
+        }
+    }
+}
+
+multiversion_unsafe! {
+    /// Completes the output tile of rows `row0 .. row0+rows`, columns `col0 .. col0+cols` of
+    /// `c` (`n` columns): an edge tile is first stored from `scratch` (`(tile, its row
+    /// length, add to what is there)`), then the epilogue, if any, runs over it. One call per
+    /// tile, so the epilogue's bias stays in registers across the tile's rows.
+    ///
+    /// # Safety
+    /// The tile lies inside `c`, and no other thread touches it meanwhile.
+    unsafe fn complete_tile(
+        c: *mut f32,
+        n: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+        scratch: Option<(&[f32], usize, bool)>,
+        epilogue: Option<&Epilogue>,
+    ) {
+        let ((row0, rows), (col0, cols)) = (rows, cols);
+        let bias = epilogue.and_then(|e| e.bias).map(|b| &b[col0..col0 + cols]);
+        for r in 0..rows {
+            let row = row0 + r;
+            // SAFETY: (row, col0..col0+cols) lies in the tile; see the contract.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
+            if let Some((tile, ld, accumulate)) = scratch {
+                let src = &tile[r * ld..r * ld + cols];
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+            if let Some(epilogue) = epilogue {
+                if let Some(bias) = bias {
+                    dst.iter_mut().zip(bias).for_each(|(d, b)| *d += *b);
+                }
+                epilogue.activation.apply(dst);
+                if let Some(residual) = epilogue.residual {
+                    let residual = &residual[row * n + col0..row * n + col0 + cols];
+                    dst.iter_mut().zip(residual).for_each(|(d, r)| *d += *r);
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ pub(super) const PORTABLE: Microkernel = Microkernel {
     mr: MR,
     nr: NR,
     run: portable_4x8,
+    run_rows: portable_4x8_rows,
 };
 
 const MR: usize = 4;
@@ -31,6 +32,47 @@ unsafe fn portable_4x8(
     let mut acc = [[0f32; NR]; MR];
     for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for (row, &ai) in acc.iter_mut().zip(ap) {
+            for (v, &bj) in row.iter_mut().zip(bp) {
+                *v += ai * bj;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        // SAFETY: row i of the tile, NR values, ldc apart from the previous one.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
+        if accumulate {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
+        } else {
+            dst.copy_from_slice(row);
+        }
+    }
+}
+
+/// [`portable_4x8`] reading `a` in place, rows `lda` apart.
+///
+/// # Safety
+/// See [`Microkernel::run_rows`].
+unsafe fn portable_4x8_rows(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller guarantees rows i < MR hold kc values from `a + i * lda`, and kc*NR
+    // values of `b`.
+    let (rows, b): ([&[f32]; MR], _) = unsafe {
+        (
+            std::array::from_fn(|i| std::slice::from_raw_parts(a.add(i * lda), kc)),
+            std::slice::from_raw_parts(b, kc * NR),
+        )
+    };
+    let mut acc = [[0f32; NR]; MR];
+    for (p, bp) in b.chunks_exact(NR).enumerate() {
+        for (row, a) in acc.iter_mut().zip(&rows) {
+            let ai = a[p];
             for (v, &bj) in row.iter_mut().zip(bp) {
                 *v += ai * bj;
             }

@@ -9,7 +9,8 @@
 //!   ([`conv`]) and never materialises a full im2col buffer; bias, ReLU/ReLU6 and a residual
 //!   add are fused into the store of each output tile;
 //! - [`conv`]: dense convolution (any kernel, stride, padding) through that GEMM;
-//! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(2x2, 3x3), 2.25x fewer multiplies;
+//! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(4x4, 3x3) (or F(2x2, 3x3)), 4x (2.25x)
+//!   fewer multiplies;
 //! - [`depthwise`]: depthwise convolution vectorised over channels;
 //! - [`dense`]: fully connected layers;
 //! - [`pool`]: 2x2 max pooling and global average pooling.
@@ -233,6 +234,18 @@ impl Isa {
     fn arch(self) -> Arch {
         self.0
     }
+}
+
+/// Below this much work (multiply-adds, or elements touched; about 0.15 ms on one core) a
+/// kernel call stays on the calling thread. Waking rayon's pool and joining it costs
+/// microseconds on an idle machine but up to a scheduler slice when the other cores are busy,
+/// which is what dominated alexnet-small at batch 1 (measured on the shared 2-core machine:
+/// 1.8-2.1 ms with its layers threaded, 1.1-1.5 ms with them serial).
+const PARALLEL_MIN_WORK: usize = 1 << 23;
+
+/// Whether a kernel call doing `work` is worth sharing out over rayon's pool.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1
 }
 
 /// A pointer shared by the threads of one kernel call, each writing a disjoint part.

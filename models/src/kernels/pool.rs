@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{multiversion, Isa};
+use super::{multiversion, parallel, Isa};
 
 /// 2x2 max pooling with stride 2 (odd trailing rows and columns dropped, as PyTorch does).
 pub fn max_pool_2x2(
@@ -12,15 +12,21 @@ pub fn max_pool_2x2(
     output: &mut [f32],
 ) {
     let (oh, ow) = (h / 2, w / 2);
-    output[..n * oh * ow * c]
-        .par_chunks_mut(ow * c)
-        .enumerate()
-        .for_each(|(r, out)| {
-            let (image, oy) = (r / oh, r % oh);
-            let top = &input[(image * h + 2 * oy) * w * c..][..w * c];
-            let bottom = &input[(image * h + 2 * oy + 1) * w * c..][..w * c];
-            max_pool_row(isa, top, bottom, c, out);
-        });
+    let output = &mut output[..n * oh * ow * c];
+    let run = |(r, out): (usize, &mut [f32])| {
+        let (image, oy) = (r / oh, r % oh);
+        let top = &input[(image * h + 2 * oy) * w * c..][..w * c];
+        let bottom = &input[(image * h + 2 * oy + 1) * w * c..][..w * c];
+        max_pool_row(isa, top, bottom, c, out);
+    };
+    if output.is_empty() {
+        return;
+    }
+    if parallel(4 * output.len()) {
+        output.par_chunks_mut(ow * c).enumerate().for_each(run);
+    } else {
+        output.chunks_mut(ow * c).enumerate().for_each(run);
+    }
 }
 
 multiversion! {
