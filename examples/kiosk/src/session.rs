@@ -162,7 +162,10 @@ pub struct HoldScore {
     pub unprocessed: usize,
     /// `SignChanged` events in all.
     pub changes: usize,
-    /// Changes beyond the first within one hold: the digit flickered while the photo stayed.
+    /// Changes within one hold that go back to a value shown earlier in the hold (including
+    /// the one it started with), or to a second digit: the display flickered while the photo
+    /// stayed. Going from the previous photo's digit to the new one through "no sign" (the
+    /// model unsure for a moment) is a transition, not flicker.
     pub flicker: usize,
     /// Processed frames per hold, fewest and mean.
     pub processed_min: u64,
@@ -176,8 +179,8 @@ impl HoldScore {
         self.correct as f64 / self.holds.max(1) as f64
     }
 
-    /// Scores labelled `holds` from the processed frames (`(sequence, shown digit)`) and the
-    /// change events (`sequence`s).
+    /// Scores labelled `holds` from the processed frames (`(sequence, shown digit after it)`)
+    /// and the change events (`sequence`s).
     pub fn score(holds: &[Hold], frames: &[(u64, Option<usize>)], changes: &[u64]) -> Self {
         let mut frames = frames.to_vec();
         frames.sort_by_key(|f| f.0);
@@ -187,6 +190,7 @@ impl HoldScore {
             ..Self::default()
         };
         let mut processed_total = 0;
+        let mut shown_before = None;
         for (i, h) in holds.iter().enumerate() {
             let Some(label) = h.label else { continue };
             s.holds += 1;
@@ -205,8 +209,8 @@ impl HoldScore {
             } else {
                 s.misses.push((i, label, shown));
             }
-            let n = changes.iter().filter(|&&c| h.contains(c)).count();
-            s.flicker += n.saturating_sub(1);
+            s.flicker += flicker(shown_before, in_hold.iter().map(|f| f.1));
+            shown_before = in_hold.last().map_or(shown_before, |f| f.1);
         }
         if s.holds == 0 {
             s.processed_min = 0;
@@ -230,6 +234,24 @@ impl HoldScore {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// Flicker within one hold (see [`HoldScore::flicker`]): `start` is the digit shown when the
+/// hold began, `shown` the digit after each of its processed frames.
+fn flicker(start: Option<usize>, shown: impl Iterator<Item = Option<usize>>) -> usize {
+    let (mut seen, mut current, mut digit_changes, mut flicker) = (vec![start], start, 0, 0);
+    for d in shown {
+        if d == current {
+            continue;
+        }
+        if seen.contains(&d) || (d.is_some() && digit_changes > 0) {
+            flicker += 1;
+        }
+        digit_changes += usize::from(d.is_some());
+        seen.push(d);
+        current = d;
+    }
+    flicker
 }
 
 /// What a session measured.
@@ -575,5 +597,19 @@ mod tests {
         assert_eq!(s.processed_min, 0);
         assert_eq!(hold_of(&holds, 19), Some(1));
         assert_eq!(hold_of(&holds, 30), None);
+    }
+
+    #[test]
+    fn a_transition_through_no_sign_is_not_flicker() {
+        // 1 -> none -> 2: the new photo's digit after a moment of doubt.
+        assert_eq!(
+            flicker(Some(1), [Some(1), None, None, Some(2)].into_iter()),
+            0
+        );
+        // 2 -> none -> 2 and none -> 2 -> none: the display toggled back.
+        assert_eq!(flicker(Some(2), [None, Some(2)].into_iter()), 1);
+        assert_eq!(flicker(None, [Some(2), None].into_iter()), 1);
+        // 1 -> 7 -> 2: a wrong digit on the way.
+        assert_eq!(flicker(Some(1), [Some(7), Some(2)].into_iter()), 1);
     }
 }
