@@ -47,7 +47,7 @@ pub struct Args {
     /// After the head, fine-tune blocks N..16, the head convolution and `_fc` (16: head only)
     #[arg(long, default_value_t = 11)]
     fine_tune_from: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 6)]
     fine_tune_epochs: usize,
     #[arg(long, default_value_t = 32)]
     fine_tune_batch: usize,
