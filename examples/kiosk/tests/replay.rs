@@ -86,23 +86,23 @@ fn check_shape(report: &Report, photos: usize) {
     assert_eq!(report.stats.frames_failed, 0);
 }
 
-/// Measured (first 68 holds, when this was written): 63 correct (93%), no flicker. The misses
-/// are photos the model is unsure of under jitter (probability 0.4-0.65): the smoother then
-/// shows "no sign" rather than a guess. `edgemm eval` on the unjittered photos gets 95/100.
+/// Measured: 96/100 holds correct, no flicker, 12 processed frames per hold. The misses are
+/// photos the model gets wrong or is unsure of under jitter (8 shown as 7, 5 as 4, 3 as 2,
+/// and one 3 left at "no sign"); `edgemm eval` on the unjittered photos gets 97/100. The floor
+/// leaves one hold for the frames the idle worker may or may not take.
 #[test]
 fn sign_language_replay_of_the_shipped_samples() {
     let dir = edgemm_kiosk::tree_path("models/samples/sign-digits");
     let photos = replay::photos_in(&dir).unwrap();
     let report = replay("shipped samples, NV12", photos, PixelFormat::Nv12);
     check_shape(&report, 100);
-    assert!(report.score.unwrap().accuracy() >= 0.85);
+    assert!(report.score.unwrap().accuracy() >= 0.95);
 }
 
-/// Acceptance 4 asks for >= 98% of holds; the model itself is 96.3% right per photo on this
-/// split, which bounds what smoothing can do for a steady hold. Measured on the first 74 holds
-/// (before the smoother gave up stale digits): 71 correct (96%), one flicker (the step through
-/// "no sign" that the smoother change removed). A full run takes ~1800 inferences; this holds
-/// it to a floor below the partial figure and the issue records the gap to 98%.
+/// Acceptance 4 asks for >= 98% of holds. Measured: 287/300 (95.7%), no flicker, 12
+/// processed frames per hold; the model alone is 97.3% right per photo on this split (292/300),
+/// and jitter turns a few more into wrong digits or "no sign" (3 shown as 2 three times,
+/// 7 as 8, 8 as 7). The floor leaves a hold of slack; the gap to 98% is the model's.
 #[test]
 fn sign_language_replay_of_the_test_split() {
     let Some(data) = edgemm_kiosk::shared_data() else {
@@ -115,5 +115,5 @@ fn sign_language_replay_of_the_test_split() {
     assert_eq!(photos.len(), 300);
     let report = replay("test split, YUYV", photos, PixelFormat::Yuyv);
     check_shape(&report, 300);
-    assert!(report.score.unwrap().accuracy() >= 0.85);
+    assert!(report.score.unwrap().accuracy() >= 0.95);
 }
