@@ -110,6 +110,31 @@ impl PackedB {
         }
     }
 
+    /// Packs a row-major `k x n` matrix, a row segment at a time, on rayon's pool.
+    pub fn from_row_major(isa: Isa, k: usize, n: usize, b: &[f32]) -> Self {
+        assert!(b.len() >= k * n, "matrix too small for {k} x {n}");
+        let nr = Microkernel::for_isa(isa).nr;
+        let strips = n.div_ceil(nr);
+        let mut data = vec![0f32; strips * k * nr];
+        if k > 0 {
+            data.par_chunks_mut(k * nr)
+                .enumerate()
+                .for_each(|(s, strip)| {
+                    let (j0, width) = (s * nr, nr.min(n - s * nr));
+                    for (p, dst) in strip.chunks_exact_mut(nr).enumerate() {
+                        dst[..width].copy_from_slice(&b[p * n + j0..p * n + j0 + width]);
+                    }
+                });
+        }
+        Self {
+            isa,
+            k,
+            n,
+            nr,
+            data,
+        }
+    }
+
     pub fn k(&self) -> usize {
         self.k
     }

@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use super::kernels::{BatchNormRelu, ChannelStats, Im2Col3x3, MaxPool2};
+use super::kernels::{BatchNormRelu, ChannelStats, Im2Col3x3, MatMul, MatMulBias, MaxPool2};
 use super::optim::Param;
 use super::Rng;
 use crate::alexnet_small::Config;
@@ -78,6 +78,15 @@ impl Rows {
     }
 }
 
+/// `a · b + bias` (`a · bᵀ + bias` when `transpose_b`) on the packed GEMM ([`MatMulBias`]).
+fn linear(a: &Tensor, b: &Tensor, transpose_b: bool, bias: &Tensor) -> Result<Tensor> {
+    Ok(a.contiguous()?.apply_op3(
+        &b.contiguous()?,
+        bias,
+        MatMulBias(MatMul::new(false, transpose_b)),
+    )?)
+}
+
 struct Stage {
     /// OIHW, as stored.
     weight: Tensor,
@@ -93,8 +102,7 @@ impl Stage {
         let cols = x.apply_op1(Im2Col3x3)?;
         // The weight permuted to [kh, kw, C, O] matches the columns' (dy, dx, c) order.
         let w_mat = self.weight.permute((2, 3, 1, 0))?.reshape((9 * c, o))?;
-        let y = cols.matmul(&w_mat)?;
-        Ok((&y + Rows::new(&y)?.spread(&self.bias.unsqueeze(0)?)?)?)
+        linear(&cols, &w_mat, false, &self.bias)
     }
 
     /// conv, BN, ReLU, 2x2 max pool: `[N, H, W, C]` -> `[N, H/2, W/2, O]`.
@@ -117,7 +125,7 @@ struct Dense {
 
 impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+        linear(x, &self.weight, true, &self.bias)
     }
 }
 

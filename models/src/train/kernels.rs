@@ -7,6 +7,12 @@
 //! Inputs must be contiguous NHWC f32.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per task in the row-parallel loops. Fixed, not derived from the thread count, so
+/// that the per-channel sums add the same partial sums in the same order on any machine:
+/// a run is bit-reproducible.
+const ROWS_PER_TASK: usize = 1024;
 
 fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
@@ -44,28 +50,31 @@ impl CustomOp1 for Im2Col3x3 {
         let x = contiguous_f32(storage, layout, self.name())?;
         let (n, h, w, c) = dims4(layout, self.name())?;
         let mut out = vec![0f32; n * h * w * 9 * c];
-        for b in 0..n {
-            for y in 0..h {
-                for x0 in 0..w {
-                    let row = ((b * h + y) * w + x0) * 9 * c;
-                    for dy in 0..3 {
-                        let sy = y + dy;
-                        if sy == 0 || sy > h {
-                            continue;
-                        }
-                        for dx in 0..3 {
-                            let sx = x0 + dx;
-                            if sx == 0 || sx > w {
+        // One task per image.
+        out.par_chunks_mut((h * w * 9 * c).max(1))
+            .enumerate()
+            .for_each(|(b, out)| {
+                for y in 0..h {
+                    for x0 in 0..w {
+                        let row = (y * w + x0) * 9 * c;
+                        for dy in 0..3 {
+                            let sy = y + dy;
+                            if sy == 0 || sy > h {
                                 continue;
                             }
-                            let src = ((b * h + sy - 1) * w + sx - 1) * c;
-                            let dst = row + (dy * 3 + dx) * c;
-                            out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                            for dx in 0..3 {
+                                let sx = x0 + dx;
+                                if sx == 0 || sx > w {
+                                    continue;
+                                }
+                                let src = ((b * h + sy - 1) * w + sx - 1) * c;
+                                let dst = row + (dy * 3 + dx) * c;
+                                out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(out), Shape::from((n * h * w, 9 * c))))
     }
 
@@ -108,30 +117,33 @@ impl CustomOp1 for Col2Im3x3 {
             candle_core::bail!("col2im3x3: {} values for {n}x{h}x{w}x{c}", cols.len());
         }
         let mut out = vec![0f32; n * h * w * c];
-        for b in 0..n {
-            for y in 0..h {
-                for x0 in 0..w {
-                    let row = ((b * h + y) * w + x0) * 9 * c;
-                    for dy in 0..3 {
-                        let sy = y + dy;
-                        if sy == 0 || sy > h {
-                            continue;
-                        }
-                        for dx in 0..3 {
-                            let sx = x0 + dx;
-                            if sx == 0 || sx > w {
+        out.par_chunks_mut((h * w * c).max(1))
+            .enumerate()
+            .for_each(|(b, out)| {
+                for y in 0..h {
+                    for x0 in 0..w {
+                        let row = ((b * h + y) * w + x0) * 9 * c;
+                        for dy in 0..3 {
+                            let sy = y + dy;
+                            if sy == 0 || sy > h {
                                 continue;
                             }
-                            let dst = ((b * h + sy - 1) * w + sx - 1) * c;
-                            let src = row + (dy * 3 + dx) * c;
-                            for (o, v) in out[dst..dst + c].iter_mut().zip(&cols[src..src + c]) {
-                                *o += v;
+                            for dx in 0..3 {
+                                let sx = x0 + dx;
+                                if sx == 0 || sx > w {
+                                    continue;
+                                }
+                                let dst = ((sy - 1) * w + sx - 1) * c;
+                                let src = row + (dy * 3 + dx) * c;
+                                for (o, v) in out[dst..dst + c].iter_mut().zip(&cols[src..src + c])
+                                {
+                                    *o += v;
+                                }
                             }
                         }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
     }
 }
@@ -153,18 +165,21 @@ impl CustomOp1 for MaxPool2 {
         let (n, h, w, c) = dims4(layout, self.name())?;
         let (ho, wo) = (h / 2, w / 2);
         let mut out = vec![0f32; n * ho * wo * c];
-        for b in 0..n {
-            for y in 0..ho {
-                for x0 in 0..wo {
-                    let dst = ((b * ho + y) * wo + x0) * c;
-                    let at = |dy: usize, dx: usize| ((b * h + 2 * y + dy) * w + 2 * x0 + dx) * c;
-                    let (p, q, r, s) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                    for k in 0..c {
-                        out[dst + k] = x[p + k].max(x[q + k]).max(x[r + k]).max(x[s + k]);
+        out.par_chunks_mut((ho * wo * c).max(1))
+            .enumerate()
+            .for_each(|(b, out)| {
+                for y in 0..ho {
+                    for x0 in 0..wo {
+                        let dst = (y * wo + x0) * c;
+                        let at =
+                            |dy: usize, dx: usize| ((b * h + 2 * y + dy) * w + 2 * x0 + dx) * c;
+                        let (p, q, r, s) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                        for k in 0..c {
+                            out[dst + k] = x[p + k].max(x[q + k]).max(x[r + k]).max(x[s + k]);
+                        }
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, c))))
     }
 
@@ -201,24 +216,27 @@ impl CustomOp2 for MaxPool2Backward {
         let (n, h, w, c) = dims4(l1, self.name())?;
         let (ho, wo) = (h / 2, w / 2);
         let mut out = vec![0f32; n * h * w * c];
-        for b in 0..n {
-            for y in 0..ho {
-                for x0 in 0..wo {
-                    let src = ((b * ho + y) * wo + x0) * c;
-                    let at = |dy: usize, dx: usize| ((b * h + 2 * y + dy) * w + 2 * x0 + dx) * c;
-                    let taps = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
-                    for k in 0..c {
-                        let mut best = taps[0];
-                        for &t in &taps[1..] {
-                            if x[t + k] > x[best + k] {
-                                best = t;
+        out.par_chunks_mut((h * w * c).max(1))
+            .enumerate()
+            .for_each(|(b, out)| {
+                let x = &x[b * h * w * c..][..h * w * c];
+                for y in 0..ho {
+                    for x0 in 0..wo {
+                        let src = ((b * ho + y) * wo + x0) * c;
+                        let at = |dy: usize, dx: usize| ((2 * y + dy) * w + 2 * x0 + dx) * c;
+                        let taps = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                        for k in 0..c {
+                            let mut best = taps[0];
+                            for &t in &taps[1..] {
+                                if x[t + k] > x[best + k] {
+                                    best = t;
+                                }
                             }
+                            out[best + k] = g[src + k];
                         }
-                        out[best + k] = g[src + k];
                     }
                 }
-            }
-        }
+            });
         Ok((CpuStorage::F32(out), Shape::from((n, h, w, c))))
     }
 }
@@ -228,15 +246,22 @@ pub struct ChannelStats;
 
 fn channel_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let m = (x.len() / c).max(1) as f64;
-    let mut sum = vec![0f64; c];
-    let mut sq = vec![0f64; c];
-    for row in x.chunks_exact(c) {
-        for k in 0..c {
-            let v = f64::from(row[k]);
-            sum[k] += v;
-            sq[k] += v * v;
-        }
-    }
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = x
+        .par_chunks(ROWS_PER_TASK * c)
+        .map(|rows| {
+            let mut sum = vec![0f64; c];
+            let mut sq = vec![0f64; c];
+            for row in rows.chunks_exact(c) {
+                for k in 0..c {
+                    let v = f64::from(row[k]);
+                    sum[k] += v;
+                    sq[k] += v * v;
+                }
+            }
+            (sum, sq)
+        })
+        .collect();
+    let (sum, sq) = add_partials(c, partial);
     let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
     let var = sq
         .iter()
@@ -244,6 +269,19 @@ fn channel_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         .map(|(q, mu)| (q / m - mu * mu).max(0.0))
         .collect();
     (mean, var)
+}
+
+/// Adds per-task partial sums in task order.
+fn add_partials(c: usize, partial: Vec<(Vec<f64>, Vec<f64>)>) -> (Vec<f64>, Vec<f64>) {
+    let mut a = vec![0f64; c];
+    let mut b = vec![0f64; c];
+    for (pa, pb) in partial {
+        for k in 0..c {
+            a[k] += pa[k];
+            b[k] += pb[k];
+        }
+    }
+    (a, b)
 }
 
 fn dims2(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize)> {
@@ -304,11 +342,15 @@ impl candle_core::CustomOp3 for BatchNormRelu {
             .map(|k| beta[k] - (mean[k] as f32) * scale[k])
             .collect();
         let mut out = vec![0f32; m * c];
-        for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            for k in 0..c {
-                o[k] = (row[k] * scale[k] + shift[k]).max(0.0);
-            }
-        }
+        out.par_chunks_mut(ROWS_PER_TASK * c)
+            .zip(x.par_chunks(ROWS_PER_TASK * c))
+            .for_each(|(out, x)| {
+                for (o, row) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    for k in 0..c {
+                        o[k] = (row[k] * scale[k] + shift[k]).max(0.0);
+                    }
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((m, c))))
     }
 
@@ -366,20 +408,33 @@ impl candle_core::CustomOp3 for BatchNormReluBackward {
         // With gm = g where the ReLU passed and 0 elsewhere, and xhat the normalised input:
         // dbeta = sum(gm), dgamma = sum(gm * xhat),
         // dx = gamma * inv / M * (M * gm - dbeta - xhat * dgamma).
-        let mut dbeta = vec![0f64; c];
-        let mut dgamma = vec![0f64; c];
-        for ((xr, yr), gr) in x
-            .chunks_exact(c)
-            .zip(y.chunks_exact(c))
-            .zip(g.chunks_exact(c))
-        {
-            for k in 0..c {
-                if yr[k] > 0.0 {
-                    let gm = f64::from(gr[k]);
-                    dbeta[k] += gm;
-                    dgamma[k] += gm * (f64::from(xr[k]) - mean[k]) * inv[k];
+        let task = ROWS_PER_TASK * c;
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = x
+            .par_chunks(task)
+            .zip(y.par_chunks(task))
+            .zip(g.par_chunks(task))
+            .map(|((x, y), g)| {
+                let mut dbeta = vec![0f64; c];
+                let mut dgamma = vec![0f64; c];
+                for ((xr, yr), gr) in x
+                    .chunks_exact(c)
+                    .zip(y.chunks_exact(c))
+                    .zip(g.chunks_exact(c))
+                {
+                    for k in 0..c {
+                        if yr[k] > 0.0 {
+                            let gm = f64::from(gr[k]);
+                            dbeta[k] += gm;
+                            dgamma[k] += gm * (f64::from(xr[k]) - mean[k]);
+                        }
+                    }
                 }
-            }
+                (dbeta, dgamma)
+            })
+            .collect();
+        let (dbeta, mut dgamma) = add_partials(c, partial);
+        for k in 0..c {
+            dgamma[k] *= inv[k];
         }
         let mf = m as f64;
         let a: Vec<f32> = (0..c)
@@ -389,17 +444,24 @@ impl candle_core::CustomOp3 for BatchNormReluBackward {
         let d: Vec<f32> = (0..c).map(|k| (dgamma[k] / mf * inv[k]) as f32).collect();
         let meanf: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
         let mut out = vec![0f32; (m + 2) * c];
-        for (((o, xr), yr), gr) in out
-            .chunks_exact_mut(c)
-            .zip(x.chunks_exact(c))
-            .zip(y.chunks_exact(c))
-            .zip(g.chunks_exact(c))
-        {
-            for k in 0..c {
-                let gm = if yr[k] > 0.0 { gr[k] } else { 0.0 };
-                o[k] = a[k] * (gm - b[k] - (xr[k] - meanf[k]) * d[k]);
-            }
-        }
+        out[..m * c]
+            .par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .zip(y.par_chunks(task))
+            .zip(g.par_chunks(task))
+            .for_each(|(((out, x), y), g)| {
+                for (((o, xr), yr), gr) in out
+                    .chunks_exact_mut(c)
+                    .zip(x.chunks_exact(c))
+                    .zip(y.chunks_exact(c))
+                    .zip(g.chunks_exact(c))
+                {
+                    for k in 0..c {
+                        let gm = if yr[k] > 0.0 { gr[k] } else { 0.0 };
+                        o[k] = a[k] * (gm - b[k] - (xr[k] - meanf[k]) * d[k]);
+                    }
+                }
+            });
         for k in 0..c {
             out[m * c + k] = dgamma[k] as f32;
             out[(m + 1) * c + k] = dbeta[k] as f32;
@@ -621,8 +683,340 @@ impl candle_core::CustomOp3 for DepthwiseBackward {
     }
 }
 
+/// `op(a) · op(b)` on the packed GEMM of [`crate::kernels::gemm`], where `op` transposes
+/// the operand when its flag is set: `a` is stored `[M, K]` (or `[K, M]` when `transpose_a`),
+/// `b` is stored `[K, N]` (or `[N, K]` when `transpose_b`, a dense layer's weight as stored).
+///
+/// candle's CPU `matmul` runs the `gemm` crate's AVX2 kernel; this one uses the microkernel
+/// the inference path picked for the machine (AVX-512 where present), and its gradients are
+/// products of the same kind, so the transposes are never materialised. Every output tile is
+/// summed by one thread in a fixed order: a training run is bit-reproducible.
+#[derive(Clone, Copy, Debug)]
+pub struct MatMul {
+    pub isa: crate::kernels::Isa,
+    pub transpose_a: bool,
+    pub transpose_b: bool,
+}
+
+impl MatMul {
+    pub fn new(transpose_a: bool, transpose_b: bool) -> Self {
+        Self {
+            isa: crate::kernels::Isa::best(),
+            transpose_a,
+            transpose_b,
+        }
+    }
+
+    fn with(self, transpose_a: bool, transpose_b: bool) -> Self {
+        Self {
+            transpose_a,
+            transpose_b,
+            ..self
+        }
+    }
+
+    /// (M, K, N) of the product, checked against both operands.
+    fn dims(&self, la: &Layout, lb: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (a0, a1) = dims2(la, self.name())?;
+        let (b0, b1) = dims2(lb, self.name())?;
+        let (m, k) = if self.transpose_a { (a1, a0) } else { (a0, a1) };
+        let (kb, n) = if self.transpose_b { (b1, b0) } else { (b0, b1) };
+        if k != kb {
+            candle_core::bail!(
+                "{}: inner dimensions differ: a {:?}, b {:?} (transposed: {}, {})",
+                self.name(),
+                la.dims(),
+                lb.dims(),
+                self.transpose_a,
+                self.transpose_b
+            );
+        }
+        Ok((m, k, n))
+    }
+}
+
+/// A column-major `rows x cols` operand: the transpose of a row-major `cols x rows` matrix.
+struct ColumnMajor<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl crate::kernels::gemm::PackA for ColumnMajor<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn depth(&self) -> usize {
+        self.cols
+    }
+
+    fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+        let live = mr.min(self.rows.saturating_sub(m0));
+        for p in 0..kc {
+            let column = &self.data[(k0 + p) * self.rows + m0..][..live];
+            let dst = &mut out[p * mr..(p + 1) * mr];
+            dst[..live].copy_from_slice(column);
+            dst[live..].fill(0.0);
+        }
+    }
+}
+
+impl CustomOp2 for MatMul {
+    fn name(&self) -> &'static str {
+        "packed-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.product(s1, l1, s2, l2, None)
+    }
+
+    /// With `C = op(A)·op(B)` and `G = dL/dC`: `dop(A) = G·op(B)ᵀ`, `dop(B) = op(A)ᵀ·G`, each
+    /// written straight into the stored layout of its operand.
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_a, grad_b) = self.gradients(a, b, &grad_res.contiguous()?)?;
+        Ok((Some(grad_a), Some(grad_b)))
+    }
+}
+
+/// [`MatMul`] plus a bias per output column, added in the GEMM's store: `op(a)·op(b) + bias`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatMulBias(pub MatMul);
+
+impl candle_core::CustomOp3 for MatMulBias {
+    fn name(&self) -> &'static str {
+        "packed-matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = contiguous_f32(s3, l3, self.name())?;
+        self.0.product(s1, l1, s2, l2, Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res.contiguous()?;
+        let (grad_a, grad_b) = self.0.gradients(a, b, &g)?;
+        let grad_bias = g.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(grad_a), Some(grad_b), Some(grad_bias)))
+    }
+}
+
+/// `[M, N]` -> `[N]`, the sum of every column (accumulated in f64).
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(storage, layout, self.name())?;
+        let (_, n) = dims2(layout, self.name())?;
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = g
+            .par_chunks((ROWS_PER_TASK * n).max(1))
+            .map(|rows| {
+                let mut sum = vec![0f64; n];
+                for row in rows.chunks_exact(n) {
+                    for (s, v) in sum.iter_mut().zip(row) {
+                        *s += f64::from(*v);
+                    }
+                }
+                (sum, Vec::new())
+            })
+            .collect();
+        let mut sum = vec![0f64; n];
+        for (part, _) in partial {
+            for (s, v) in sum.iter_mut().zip(part) {
+                *s += v;
+            }
+        }
+        Ok((
+            CpuStorage::F32(sum.into_iter().map(|v| v as f32).collect()),
+            Shape::from(n),
+        ))
+    }
+}
+
+impl MatMul {
+    fn product(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::kernels::gemm::{gemm, Epilogue, PackA, PackedB, RowMajor};
+        let (m, k, n) = self.dims(l1, l2)?;
+        if bias.is_some_and(|bias| bias.len() != n) {
+            candle_core::bail!(
+                "{}: a bias of {} values for {n} columns",
+                self.name(),
+                bias.map_or(0, <[f32]>::len)
+            );
+        }
+        let a = contiguous_f32(s1, l1, self.name())?;
+        let b = contiguous_f32(s2, l2, self.name())?;
+        let packed = if self.transpose_b {
+            PackedB::new(self.isa, k, n, |p, j| b[j * k + p])
+        } else {
+            PackedB::from_row_major(self.isa, k, n, b)
+        };
+        let mut out = vec![0f32; m * n];
+        let lhs: Box<dyn PackA + '_> = if self.transpose_a {
+            Box::new(ColumnMajor {
+                data: a,
+                rows: m,
+                cols: k,
+            })
+        } else {
+            Box::new(RowMajor {
+                data: a,
+                rows: m,
+                cols: k,
+            })
+        };
+        if k == 0 {
+            for row in out.chunks_exact_mut(n.max(1)) {
+                row.copy_from_slice(bias.unwrap_or(&vec![0.0; n]));
+            }
+            return Ok((CpuStorage::F32(out), Shape::from((m, n))));
+        }
+        let epilogue = Epilogue {
+            bias,
+            ..Epilogue::NONE
+        };
+        gemm(self.isa, lhs.as_ref(), &packed, &mut out, &epilogue);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    /// The gradients of both operands, in their stored layouts, from the output's `g`.
+    fn gradients(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (ta, tb) = (self.transpose_a, self.transpose_b);
+        let grad_a = if ta {
+            // A stored [K, M]: dAᵀ = op(B)·Gᵀ.
+            b.apply_op2_no_bwd(g, &self.with(tb, true))?
+        } else {
+            g.apply_op2_no_bwd(b, &self.with(false, !tb))?
+        };
+        let grad_b = if tb {
+            // B stored [N, K]: dBᵀ = Gᵀ·op(A).
+            g.apply_op2_no_bwd(a, &self.with(true, ta))?
+        } else {
+            a.apply_op2_no_bwd(g, &self.with(!ta, false))?
+        };
+        Ok((grad_a, grad_b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// The packed product and both gradients agree with candle's matmul for every
+    /// transposition, at sizes off the microkernels' tile multiples.
+    #[test]
+    fn packed_matmul_matches_candle_forward_and_backward() {
+        fn rand2(rows: usize, cols: usize, seed: u64) -> Var {
+            let t = rand((1, 1, rows, cols), seed)
+                .reshape((rows, cols))
+                .unwrap();
+            Var::from_tensor(&t).unwrap()
+        }
+        for isa in crate::kernels::Isa::supported() {
+            for &(m, k, n) in &[(1, 3, 5), (2, 7, 1), (37, 19, 45), (130, 67, 33)] {
+                for ta in [false, true] {
+                    for tb in [false, true] {
+                        let a = if ta { rand2(k, m, 1) } else { rand2(m, k, 1) };
+                        let b = if tb { rand2(n, k, 2) } else { rand2(k, n, 2) };
+                        let bias = Var::from_tensor(&rand((1, 1, 1, n), 4).flatten_all().unwrap())
+                            .unwrap();
+                        let op = MatMul {
+                            isa,
+                            ..MatMul::new(ta, tb)
+                        };
+                        let ours = a.apply_op2(&b, op).unwrap();
+                        let ours_bias = a.apply_op3(&b, &bias, MatMulBias(op)).unwrap();
+                        let ta_t = if ta {
+                            a.t().unwrap()
+                        } else {
+                            a.as_tensor().clone()
+                        };
+                        let tb_t = if tb {
+                            b.t().unwrap()
+                        } else {
+                            b.as_tensor().clone()
+                        };
+                        let theirs = ta_t.matmul(&tb_t).unwrap();
+                        let theirs_bias = theirs.broadcast_add(&bias).unwrap();
+                        let case = format!("{} m{m} k{k} n{n} ta {ta} tb {tb}", isa.name());
+                        assert!(max_diff(&ours, &theirs) < 1e-4, "{case}");
+                        // A loss that weighs every output differently.
+                        let weights = rand2(m, n, 3);
+                        let g_ours = (ours * weights.as_tensor()).unwrap().sum_all().unwrap();
+                        let g_theirs = (theirs * weights.as_tensor()).unwrap().sum_all().unwrap();
+                        let (g1, g2) = (g_ours.backward().unwrap(), g_theirs.backward().unwrap());
+                        for v in [&a, &b] {
+                            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                            assert!(d < 1e-4, "{case}: gradient off by {d}");
+                        }
+                        assert!(
+                            max_diff(&ours_bias, &theirs_bias) < 1e-4,
+                            "{case} with bias"
+                        );
+                        let l_ours = (ours_bias * weights.as_tensor())
+                            .unwrap()
+                            .sum_all()
+                            .unwrap();
+                        let l_theirs = (theirs_bias * weights.as_tensor())
+                            .unwrap()
+                            .sum_all()
+                            .unwrap();
+                        let (g1, g2) = (l_ours.backward().unwrap(), l_theirs.backward().unwrap());
+                        for v in [&a, &b, &bias] {
+                            let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                            assert!(d < 1e-4, "{case} with bias: gradient off by {d}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use candle_core::{Device, Var};
 
