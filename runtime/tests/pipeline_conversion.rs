@@ -2,7 +2,7 @@
 //! reference computes (`pipeline_reference/make_reference.py`, BT.601 in floating point),
 //! within 1, for odd and even sizes and padded strides, limited and full range.
 
-use edgemm::pipeline::frame::{convert_to_rgb, Frame, PixelFormat, YuvRange};
+use edgemm::pipeline::frame::{convert_to_rgb, Frame, PixelFormat, Roi, YuvRange};
 use serde_json::Value;
 
 fn format(name: &str) -> PixelFormat {
@@ -83,6 +83,27 @@ fn every_format_matches_the_numpy_reference() {
             "{fmt:?} {range:?} {w}x{h} strides {strides:?}: max error {worst}"
         );
         seen.insert((format!("{fmt:?}"), w % 2 == 1, strides[0] > w));
+        // Every region of interest, at odd and even offsets and sizes, is the same pixels cut
+        // from the whole frame's conversion (the row loops go two pixels per chroma sample,
+        // so a region may start or end mid-pair).
+        let mut part = Vec::new();
+        for x in 0..w.min(4) {
+            for width in 1..=(w - x).min(5) {
+                let y = h / 3;
+                let roi = Roi {
+                    x,
+                    y,
+                    width,
+                    height: h - y,
+                };
+                convert_to_rgb(&frame, range, Some(roi), &mut part).unwrap();
+                let cut: Vec<u8> = (y..h)
+                    .flat_map(|row| &out[(row * w + x) * 3..(row * w + x + width) * 3])
+                    .copied()
+                    .collect();
+                assert_eq!(part, cut, "{fmt:?} {w}x{h}, region {roi:?}");
+            }
+        }
     }
     // Every format was seen with an odd width and with a padded stride.
     for f in [
