@@ -30,12 +30,15 @@ use std::cell::RefCell;
 
 use crate::manifest::{InputSpec, ResizeMode};
 
+/// A resize's per-column taps: (first byte, second byte, weight of the second).
+type ColumnTaps = Vec<(usize, usize, f32)>;
+
 thread_local! {
     /// A YUYV row's luma gathered into one line, reused from row to row and frame to frame.
     static LUMA_ROW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// The resize's per-column taps: (first byte, second byte, weight of the second), and the
-    /// current output row's two source rows blended vertically.
-    static RESIZE_SCRATCH: RefCell<(Vec<(usize, usize, f32)>, Vec<f32>)> =
+    /// The resize's column taps, and the current output row's two source rows blended
+    /// vertically.
+    static RESIZE_SCRATCH: RefCell<(ColumnTaps, Vec<f32>)> =
         const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
