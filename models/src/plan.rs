@@ -33,6 +33,18 @@ enum Op {
     Dense(Dense),
 }
 
+impl Op {
+    fn name(&self) -> String {
+        match self {
+            Op::Conv(c) => format!("conv{}x{}s{}", c.kernel, c.kernel, c.stride),
+            Op::Depthwise(_) => "depthwise".into(),
+            Op::MaxPool2x2 => "maxpool".into(),
+            Op::GlobalAvgPool => "avgpool".into(),
+            Op::Dense(_) => "dense".into(),
+        }
+    }
+}
+
 struct Step {
     op: Op,
     input: Value,
@@ -104,6 +116,7 @@ impl PlanBuilder {
             architecture,
             classes,
             workspaces: Mutex::new(Vec::new()),
+            profile: std::env::var_os("EDGEMM_PROFILE_STEPS").is_some(),
         }
     }
 }
@@ -155,6 +168,9 @@ pub struct Plan {
     classes: usize,
     /// Idle workspaces; concurrent calls each take one (or make one).
     workspaces: Mutex<Vec<Workspace>>,
+    /// `EDGEMM_PROFILE_STEPS` was set when the plan was built: every call prints each step's
+    /// time to stderr (a developer's tool for the kernel work of issue #8).
+    profile: bool,
 }
 
 impl Plan {
@@ -244,8 +260,24 @@ impl Classifier for Plan {
         let shapes = self.shapes((n, h, w))?;
         let mut ws = self.workspace((n, h, w), &shapes);
         write_nhwc(x, &mut ws.buffers[self.buffers[0]])?;
+        let mut profile = String::new();
         for (i, step) in self.steps.iter().enumerate() {
+            let started = self.profile.then(std::time::Instant::now);
             self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));
+            if let Some(started) = started {
+                let s = shapes[i + 1];
+                profile += &format!(
+                    " {}->{}x{}x{}:{:.0}us",
+                    step.op.name(),
+                    s.1,
+                    s.2,
+                    s.3,
+                    started.elapsed().as_secs_f64() * 1e6
+                );
+            }
+        }
+        if self.profile {
+            eprintln!("edgemm plan {} n={n}:{profile}", self.architecture);
         }
         let out = &ws.buffers[self.buffers[self.output.0]][..n * self.classes];
         let logits = Tensor::from_slice(out, (n, self.classes), &Device::Cpu)?;
