@@ -280,12 +280,18 @@ impl EfficientNetLite0 {
     }
 
     /// Switches every depthwise convolution to the training kernel, whose gradients are
-    /// written by hand ([`crate::train::kernels::DepthwiseConv`]); the function is unchanged.
+    /// written by hand ([`crate::train::kernels::DepthwiseConv`]), and every pointwise one to
+    /// the packed GEMM ([`crate::train::kernels::MatMul`]); the function is unchanged.
     #[cfg(feature = "train")]
     pub fn use_training_kernels(&mut self) {
         for block in &mut self.blocks {
             block.depthwise.use_training_kernel();
+            if let Some((expand, _)) = &mut block.expand {
+                expand.use_training_kernel();
+            }
+            block.project.use_training_kernel();
         }
+        self.head.use_training_kernel();
     }
 
     /// The 1280-wide pooled features before `_fc`: what a transfer-learning head consumes.
@@ -482,5 +488,62 @@ mod tests {
                 .unwrap();
             assert_eq!(diff, 0.0, "cut at {k}");
         }
+    }
+
+    /// The training kernels compute the same function with the same gradients: the input's
+    /// gradient through the whole network, with and without them.
+    #[cfg(feature = "train")]
+    #[test]
+    fn training_kernels_keep_the_function_and_its_gradients() {
+        let config = serde_json::json!({ "classes": 10 });
+        let specs = tensor_specs(&config).unwrap();
+        let device = candle_core::Device::Cpu;
+        let weights = crate::init::seeded_weights(&specs, 3, &device).unwrap();
+        let build = || {
+            let vb = VarBuilder::from_tensors(weights.clone(), candle_core::DType::F32, &device);
+            EfficientNetLite0::new(&Config { classes: 10 }, vb).unwrap()
+        };
+        let generic = build();
+        let mut fast = build();
+        fast.use_training_kernels();
+        let x = candle_core::Var::from_tensor(
+            &Tensor::rand(-1f32, 1f32, (2, 3, 48, 40), &device).unwrap(),
+        )
+        .unwrap();
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (generic.forward(&x).unwrap(), fast.forward(&x).unwrap());
+        let scale = max_abs(&a);
+        assert!(
+            max_abs(&(&a - &b).unwrap()) <= 1e-4 * scale.max(1.0),
+            "logits differ"
+        );
+        let weights = Tensor::rand(0f32, 1f32, a.shape(), &device).unwrap();
+        let ga = (a * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (b * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (ga, gb) = (ga.get(&x).unwrap(), gb.get(&x).unwrap());
+        let scale = max_abs(ga);
+        assert!(scale > 0.0, "no gradient reached the input");
+        let diff = max_abs(&(ga - gb).unwrap());
+        assert!(
+            diff <= 1e-3 * scale,
+            "input gradients differ by {diff} (scale {scale})"
+        );
     }
 }

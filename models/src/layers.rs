@@ -39,6 +39,10 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: Padding,
+    /// Pointwise products (and their gradients) on the packed GEMM, see
+    /// [`Conv2d::use_training_kernel`].
+    #[cfg(feature = "train")]
+    training_kernel: bool,
 }
 
 impl Conv2d {
@@ -71,7 +75,27 @@ impl Conv2d {
             weight,
             stride,
             padding,
+            #[cfg(feature = "train")]
+            training_kernel: false,
         }
+    }
+
+    /// From now on, a pointwise convolution's product and both its gradients run on the
+    /// packed GEMM ([`crate::train::kernels::MatMul`]) instead of candle's matmul: the same
+    /// function, faster to train.
+    #[cfg(feature = "train")]
+    pub(crate) fn use_training_kernel(&mut self) {
+        self.training_kernel = true;
+    }
+
+    /// `pixels [M, C] · weightᵀ` for a `[O, C]` weight.
+    fn pointwise(&self, pixels: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "train")]
+        if self.training_kernel {
+            let op = crate::train::kernels::MatMul::new(false, true);
+            return Ok(pixels.contiguous()?.apply_op2(weight, op)?);
+        }
+        Ok(pixels.matmul(&weight.t()?)?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -83,7 +107,7 @@ impl Conv2d {
             // through conv_transpose2d, several times slower than the product's own.
             let o = self.weight.dim(0)?;
             let pixels = x.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
-            let y = pixels.matmul(&self.weight.reshape((o, c))?.t()?)?;
+            let y = self.pointwise(&pixels, &self.weight.reshape((o, c))?)?;
             let y = y
                 .reshape((n, h, w, o))?
                 .permute((0, 3, 1, 2))?
