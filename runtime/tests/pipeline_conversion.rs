@@ -88,7 +88,7 @@ fn every_format_matches_the_numpy_reference() {
         // so a region may start or end mid-pair).
         let mut part = Vec::new();
         for x in 0..w.min(4) {
-            for width in 1..=(w - x).min(5) {
+            for width in (1..=(w - x).min(5)).chain((w - x > 5).then_some(w - x)) {
                 let y = h / 3;
                 let roi = Roi {
                     x,

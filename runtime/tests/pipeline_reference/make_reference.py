@@ -19,7 +19,7 @@ import numpy as np
 
 KR, KB = 0.299, 0.114
 KG = 1.0 - KR - KB
-SIZES = [(7, 5), (8, 6), (1, 1), (3, 2)]
+SIZES = [(7, 5), (8, 6), (1, 1), (3, 2), (37, 3)]  # 37: two 16-pixel blocks and a tail
 PAD = 3  # extra bytes per row in the padded-stride variants
 
 
