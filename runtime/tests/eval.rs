@@ -205,3 +205,63 @@ fn seeds_sign_language_request_returns_the_right_digit() {
         assert_eq!(model.manifest.labels[top], digit, "{}", photos[0].display());
     }
 }
+
+#[test]
+fn cifar_on_the_shipped_samples() {
+    let report = eval("cifar.tar.gz", &[samples("cifar10").as_os_str()]);
+    assert_eq!(report["images"], 100, "{report}");
+    for class in report["classes"].as_array().unwrap() {
+        assert_eq!(class["support"], 10, "{class}");
+    }
+    // Measured: 89/100 (the samples are the first ten test images of each class; the misses
+    // are mostly cats and dogs, as on the full test set).
+    assert!(accuracy(&report) >= 0.89, "{report}");
+}
+
+/// Acceptance 1 and 3 of issue #3: the 10,000 CIFAR-10 test images, unpacked from the shared
+/// archive into a temporary directory, measured from the artifact alone. Measured: 8390/10000
+/// = 83.9% (the training run's own last-epoch figure, to the image); held at 83% so that the
+/// last digit may move between instruction sets, above the issue's 80%.
+#[test]
+fn cifar_on_the_full_test_set() {
+    let Some(data) = shared_data() else {
+        println!("skipped: ../shared/data not found (set EDGEMM_DATA to run it)");
+        return;
+    };
+    let unpacked = tempfile::tempdir().unwrap();
+    let archive = std::fs::File::open(data.join("cifar10/cifar10-jpeg.tar.gz")).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().starts_with("test") {
+            entry.unpack_in(unpacked.path()).unwrap();
+        }
+    }
+    let report = eval("cifar.tar.gz", &[unpacked.path().join("test").as_os_str()]);
+    assert_eq!(report["images"], 10_000, "{report}");
+    assert!(accuracy(&report) >= 0.83, "{report}");
+    let (label, recall) = worst_recall(&report);
+    // Measured: cat 0.690, the weakest class.
+    assert!(recall >= 0.66, "recall of {label} is {recall}");
+}
+
+/// The seeds' CIFAR call: `{"instances": [<1x32x32x3 floats in [0, 1]>]}`.
+#[test]
+fn seeds_cifar_request_returns_the_right_class() {
+    let (_cache, runtime) = runtime();
+    let model = runtime.model("cifar.tar.gz").unwrap();
+    for class in ["ship", "frog"] {
+        let dir = samples("cifar10").join(class);
+        let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        photos.sort();
+        let bytes = std::fs::read(&photos[0]).unwrap();
+        let image = edgemm::preprocess::decode_image(&bytes, &Default::default()).unwrap();
+        let body = json!({ "instances": [nested(&image, 1.0 / 255.0)] }).to_string();
+        let answer = edgemm::json::invoke_json(&runtime, "cifar.tar.gz", body.as_bytes()).unwrap();
+        let top = top_label(&answer["predictions"]);
+        assert_eq!(model.manifest.labels[top], class, "{}", photos[0].display());
+    }
+}
