@@ -843,7 +843,7 @@ impl CustomOp1 for ColumnSums {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = contiguous_f32(storage, layout, self.name())?;
         let (_, n) = dims2(layout, self.name())?;
-        let partial: Vec<(Vec<f64>, Vec<f64>)> = g
+        let partial: Vec<Vec<f64>> = g
             .par_chunks((ROWS_PER_TASK * n).max(1))
             .map(|rows| {
                 let mut sum = vec![0f64; n];
@@ -852,11 +852,11 @@ impl CustomOp1 for ColumnSums {
                         *s += f64::from(*v);
                     }
                 }
-                (sum, Vec::new())
+                sum
             })
             .collect();
         let mut sum = vec![0f64; n];
-        for (part, _) in partial {
+        for part in partial {
             for (s, v) in sum.iter_mut().zip(part) {
                 *s += v;
             }
