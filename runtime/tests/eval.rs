@@ -181,6 +181,18 @@ fn top_label(predictions: &Value) -> usize {
     (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()
 }
 
+/// The first photo of a sample class folder (by name), decoded.
+fn first_photo(dir: &Path) -> (PathBuf, image::RgbImage) {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    let bytes = std::fs::read(&photos[0]).unwrap();
+    let image = edgemm::preprocess::decode_image(&bytes, &Default::default()).unwrap();
+    (photos.swap_remove(0), image)
+}
+
 /// The seeds' sign-language call: `{"instances": [<1x224x224x3 floats in 0..255>]}`, the photo
 /// resized to 224x224 by the client and sent as raw pixels.
 #[test]
@@ -188,21 +200,14 @@ fn seeds_sign_language_request_returns_the_right_digit() {
     let (_cache, runtime) = runtime();
     let model = runtime.model("sign-language.tar.gz").unwrap();
     for digit in ["3", "7"] {
-        let dir = samples("sign-digits").join(digit);
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let bytes = std::fs::read(&photos[0]).unwrap();
-        let image = edgemm::preprocess::decode_image(&bytes, &Default::default()).unwrap();
+        let (photo, image) = first_photo(&samples("sign-digits").join(digit));
         let image = edgemm::preprocess::resize(&image, &model.manifest.input);
         let body = json!({ "instances": [nested(&image, 1.0)] }).to_string();
         let answer =
             edgemm::json::invoke_json(&runtime, "sign-language.tar.gz", body.as_bytes()).unwrap();
         assert_eq!(answer.as_object().unwrap().len(), 1, "{answer}");
         let top = top_label(&answer["predictions"]);
-        assert_eq!(model.manifest.labels[top], digit, "{}", photos[0].display());
+        assert_eq!(model.manifest.labels[top], digit, "{}", photo.display());
     }
 }
 
@@ -251,17 +256,10 @@ fn seeds_cifar_request_returns_the_right_class() {
     let (_cache, runtime) = runtime();
     let model = runtime.model("cifar.tar.gz").unwrap();
     for class in ["ship", "frog"] {
-        let dir = samples("cifar10").join(class);
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        let bytes = std::fs::read(&photos[0]).unwrap();
-        let image = edgemm::preprocess::decode_image(&bytes, &Default::default()).unwrap();
+        let (photo, image) = first_photo(&samples("cifar10").join(class));
         let body = json!({ "instances": [nested(&image, 1.0 / 255.0)] }).to_string();
         let answer = edgemm::json::invoke_json(&runtime, "cifar.tar.gz", body.as_bytes()).unwrap();
         let top = top_label(&answer["predictions"]);
-        assert_eq!(model.manifest.labels[top], class, "{}", photos[0].display());
+        assert_eq!(model.manifest.labels[top], class, "{}", photo.display());
     }
 }
