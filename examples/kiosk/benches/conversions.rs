@@ -84,9 +84,12 @@ fn main() {
 
     // YUV -> RGB, whole frame.
     let mut ours = Vec::new();
-    let a = measure("NV12->RGB 640x480: edgemm (scalar, fixed point)", || {
-        convert_to_rgb(black_box(&frame), YuvRange::Limited, None, &mut ours).unwrap();
-    });
+    let a = measure(
+        "NV12->RGB 640x480: edgemm (fixed point, AVX2 where present)",
+        || {
+            convert_to_rgb(black_box(&frame), YuvRange::Limited, None, &mut ours).unwrap();
+        },
+    );
     let mut theirs = vec![0u8; w * h * 3];
     let image = YuvBiPlanarImage {
         y_plane,

@@ -33,6 +33,8 @@
 pub mod frame;
 pub mod slot;
 pub mod smoothing;
+#[cfg(target_arch = "x86_64")]
+mod yuv_x86;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
