@@ -74,7 +74,9 @@ impl Depthwise {
             let (image, oy) = (r / g.out_height, r % g.out_height);
             depthwise_row(isa, self, &g, input, image, oy, out);
         };
-        if parallel(output.len() * self.kernel * self.kernel) {
+        // A depthwise multiply-add loads its input (no register blocking over output
+        // channels as in the GEMM), so it is weighted like the matrix-vector product's.
+        if parallel(8 * output.len() * self.kernel * self.kernel) {
             output.par_chunks_mut(row).enumerate().for_each(run);
         } else {
             output.chunks_mut(row).enumerate().for_each(run);
@@ -112,24 +114,29 @@ multiversion! {
             None => 0,
         };
         let groups = if blocks > 0 && first < end { (end - first) / GROUP } else { 0 };
-        for group in 0..groups {
-            let ox0 = first + group * GROUP;
-            // Input column of tap 0 of pixel ox0.
-            let x0 = ox0 * s - g.pad_left;
-            for b in 0..blocks {
-                let c0 = b * LANES;
+        // Channel blocks outside, pixels inside: a block's k * k weight vectors stay in L1
+        // (or registers) across the row instead of all channels' weights cycling through it.
+        for b in 0..blocks {
+            let c0 = b * LANES;
+            for group in 0..groups {
+                let ox0 = first + group * GROUP;
+                // Input column of tap 0 of pixel ox0.
+                let x0 = ox0 * s - g.pad_left;
                 let bias: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
                 let mut acc = [bias; GROUP];
                 for ky in taps_y.clone() {
                     let iy = oy * s + ky - g.pad_top;
                     let row = ((image * g.height + iy) * g.width + x0) * c + c0;
+                    // The input this row of taps reads for the GROUP pixels, and the row's
+                    // weights: checked once here rather than at every load below.
+                    let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
+                    let w = &dw.weights[ky * k * c + c0..][..(k - 1) * c + LANES];
                     for kx in 0..k {
-                        let w: &[f32; LANES] =
-                            dw.weights[(ky * k + kx) * c + c0..][..LANES].try_into().unwrap();
+                        // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read of `w`.
+                        let w = unsafe { load(w, kx * c) };
                         for (q, acc) in acc.iter_mut().enumerate() {
-                            let x: &[f32; LANES] = input[row + (q * s + kx) * c..][..LANES]
-                                .try_into()
-                                .unwrap();
+                            // SAFETY: q < GROUP and kx < k bound it by `x`'s length.
+                            let x = unsafe { load(x, (q * s + kx) * c) };
                             for l in 0..LANES {
                                 acc[l] += x[l] * w[l];
                             }
@@ -144,39 +151,45 @@ multiversion! {
             }
         }
         let grouped = first..first + groups * GROUP;
-        for (ox, acc_out) in out.chunks_exact_mut(c).enumerate() {
-            if grouped.contains(&ox) && blocks * LANES == c {
-                continue;
-            }
+        // The pixels left (windows cut by the padding, and the row's last few), one at a
+        // time: again channel blocks outside, then the channels past the last whole block.
+        let edge = (0..g.out_width).filter(|ox| !grouped.contains(ox));
+        // Input offset of tap (ky, j-th tap kept in x) of pixel `ox`, and its taps in x.
+        let window = |ox: usize| {
             let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
-            // Input offset of tap (ky, kx) is at(ky) + kx * c.
             let x0 = ox * s + taps_x.start - g.pad_left;
-            let at = |ky: usize| {
+            let at = move |ky: usize| {
                 let iy = oy * s + ky - g.pad_top;
                 ((image * g.height + iy) * g.width + x0) * c
             };
-            let blocks = if grouped.contains(&ox) { 0 } else { blocks };
-            for b in 0..blocks {
-                let c0 = b * LANES;
+            (taps_x, at)
+        };
+        for b in 0..blocks {
+            let c0 = b * LANES;
+            for ox in edge.clone() {
+                let (taps_x, at) = window(ox);
                 let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
-                for ky in taps_y.clone() {
-                    let row = at(ky);
-                    for (j, kx) in taps_x.clone().enumerate() {
-                        let x: &[f32; LANES] =
-                            input[row + j * c + c0..][..LANES].try_into().unwrap();
-                        let w: &[f32; LANES] =
-                            dw.weights[(ky * k + kx) * c + c0..][..LANES].try_into().unwrap();
+                let (taps, kx0) = (taps_x.len(), taps_x.start);
+                for ky in taps_y.clone().filter(|_| taps > 0) {
+                    let x = &input[at(ky) + c0..][..(taps - 1) * c + LANES];
+                    let w = &dw.weights[(ky * k + kx0) * c + c0..][..(taps - 1) * c + LANES];
+                    for j in 0..taps {
+                        // SAFETY: j < taps bounds both reads by the slices' lengths.
+                        let (x, w) = unsafe { (load(x, j * c), load(w, j * c)) };
                         for l in 0..LANES {
                             acc[l] += x[l] * w[l];
                         }
                     }
                 }
                 dw.activation.apply(&mut acc);
-                acc_out[c0..c0 + LANES].copy_from_slice(&acc);
+                out[ox * c + c0..][..LANES].copy_from_slice(&acc);
             }
-            let c0 = dw.channels / LANES * LANES;
-            if c0 < c {
-                let acc = &mut acc_out[c0..];
+        }
+        let c0 = blocks * LANES;
+        if c0 < c {
+            for ox in 0..g.out_width {
+                let (taps_x, at) = window(ox);
+                let acc = &mut out[ox * c + c0..(ox + 1) * c];
                 acc.copy_from_slice(&dw.bias[c0..]);
                 for ky in taps_y.clone() {
                     let row = at(ky);
@@ -192,6 +205,17 @@ multiversion! {
             }
         }
     }
+}
+
+/// The `LANES` values of `v` from `at` on.
+///
+/// # Safety
+/// `at + LANES <= v.len()`.
+#[inline(always)]
+unsafe fn load(v: &[f32], at: usize) -> [f32; LANES] {
+    debug_assert!(at + LANES <= v.len());
+    // SAFETY: in bounds by the contract; `read_unaligned` needs no alignment.
+    unsafe { v.as_ptr().add(at).cast::<[f32; LANES]>().read_unaligned() }
 }
 
 /// The taps `t` of a `k`-tap window starting at padded position `start` whose input position
