@@ -170,7 +170,9 @@ multiversion! {
                 let (taps_x, at) = window(ox);
                 let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
                 let (taps, kx0) = (taps_x.len(), taps_x.start);
-                for ky in taps_y.clone().filter(|_| taps > 0) {
+                // A window wholly in the padding (possible with padding >= kernel) is the bias.
+                let taps_y = if taps > 0 { taps_y.clone() } else { 0..0 };
+                for ky in taps_y {
                     let x = &input[at(ky) + c0..][..(taps - 1) * c + LANES];
                     let w = &dw.weights[(ky * k + kx0) * c + c0..][..(taps - 1) * c + LANES];
                     for j in 0..taps {
@@ -245,10 +247,11 @@ mod tests {
             for case in 0..24 {
                 let kernel = [3, 5, 1][case % 3];
                 let stride = 1 + case % 2;
-                let padding = if case % 4 < 2 {
-                    Padding::TfSame
-                } else {
-                    Padding::Symmetric(kernel / 2)
+                let padding = match case % 8 {
+                    0 | 1 | 4 | 5 => Padding::TfSame,
+                    // Wider than the kernel: some windows lie wholly in the padding.
+                    6 => Padding::Symmetric(kernel + 1),
+                    _ => Padding::Symmetric(kernel / 2),
                 };
                 let (n, c, h, w) = (
                     1 + rng.below(2),

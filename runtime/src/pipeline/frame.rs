@@ -281,7 +281,7 @@ pub(super) struct Coefficients {
     pub(super) bu: i32,
 }
 
-const LIMITED: Coefficients = Coefficients {
+pub(super) const LIMITED: Coefficients = Coefficients {
     y_gain: 19077,
     y_offset: 16,
     rv: 26149,
@@ -947,7 +947,11 @@ mod tests {
                     .iter()
                     .zip(&strides)
                     .enumerate()
-                    .map(|(i, (s, stride))| noise(stride * s.rows, seed * 4 + i as u64))
+                    // The last row is not padded to the stride: an over-read there would
+                    // leave the slice.
+                    .map(|(i, (s, stride))| {
+                        noise(stride * (s.rows - 1) + s.row_bytes, seed * 4 + i as u64)
+                    })
                     .collect();
                 let plane = |i: usize| planes.get(i).map_or(&[][..], |p| &p[..]);
                 let stride = |i: usize| strides.get(i).copied().unwrap_or(0);
@@ -959,18 +963,25 @@ mod tests {
                     format,
                     timestamp_us: 0,
                 };
-                for x in [0, 1, 2, 3].into_iter().filter(|&x| x < width) {
+                // Regions from odd and even columns, to the right edge and short of it.
+                let regions = [0, 1, 2, 3].into_iter().flat_map(|x| {
+                    [0, 1, 17]
+                        .into_iter()
+                        .filter(move |&short| x + short < width)
+                        .map(move |short| (x, width - x - short))
+                });
+                for (x, roi_width) in regions {
                     let roi = Roi {
                         x,
                         y: 1,
-                        width: width - x,
+                        width: roi_width,
                         height: 2,
                     };
                     for range in [YuvRange::Limited, YuvRange::Full] {
                         let (mut fast, mut slow) = (Vec::new(), Vec::new());
                         convert_with(&frame, range, Some(roi), &mut fast, Simd::Auto).unwrap();
                         convert_with(&frame, range, Some(roi), &mut slow, Simd::Off).unwrap();
-                        assert_eq!(fast, slow, "{format:?} {range:?} width {width} x {x}");
+                        assert_eq!(fast, slow, "{format:?} {range:?} width {width} roi {roi:?}");
                     }
                 }
             }

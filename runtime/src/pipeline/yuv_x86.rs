@@ -204,3 +204,41 @@ pub(super) unsafe fn yuyv(k: &Coefficients, line: &[u8], out: &mut [u8]) -> usiz
     }
     16 * n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::frame::LIMITED;
+
+    /// Each function converts every whole block of 16 pixels the output holds (so the
+    /// equality tests in `frame.rs` do exercise it), and none past the sources' ends.
+    #[test]
+    fn blocks_cover_the_whole_sixteens() {
+        if !available() {
+            eprintln!("no AVX2 on this CPU: the SIMD paths are not used, nothing to check");
+            return;
+        }
+        for width in [0, 15, 16, 17, 47, 48, 64] {
+            let mut out = vec![0u8; 3 * width];
+            let luma = vec![128u8; width];
+            let (uv, u, v) = (
+                vec![128u8; width],
+                vec![128u8; width / 2],
+                vec![128u8; width / 2],
+            );
+            let line = vec![128u8; 2 * width];
+            let whole = width / 16 * 16;
+            // SAFETY: `available` said the CPU has AVX2.
+            unsafe {
+                assert_eq!(nv12(&LIMITED, &luma, &uv, false, &mut out), whole);
+                assert_eq!(i420(&LIMITED, &luma, &u, &v, &mut out), whole);
+                assert_eq!(yuyv(&LIMITED, &line, &mut out), whole);
+                // Sources shorter than the output bound the blocks too.
+                assert_eq!(
+                    nv12(&LIMITED, &luma[..whole / 2], &uv, false, &mut out),
+                    whole / 2 / 16 * 16
+                );
+            }
+        }
+    }
+}
