@@ -61,6 +61,26 @@ pub struct Args {
     /// Dropout on the pooled features while fine-tuning
     #[arg(long, default_value_t = 0.2)]
     dropout: f64,
+    /// Cross-validation run `I/K`: hold out fold I (1-based) of K folds of the training
+    /// photos (stratified by digit, fixed by the seed), train on the others with the same
+    /// recipe, and score the result on the held-out fold. The test split is not read and no
+    /// artifact is written. Summed over I = 1..K, every training photo is scored once, which
+    /// compares recipes on 1562 photos instead of val's 200.
+    #[arg(long, value_parser = parse_fold)]
+    cv_fold: Option<(usize, usize)>,
+}
+
+fn parse_fold(s: &str) -> Result<(usize, usize), String> {
+    let err = || format!("expected I/K with 1 <= I <= K and K >= 2, got {s:?}");
+    let (i, k) = s.split_once('/').ok_or_else(err)?;
+    let (i, k) = (
+        i.parse::<usize>().map_err(|_| err())?,
+        k.parse::<usize>().map_err(|_| err())?,
+    );
+    if k < 2 || i == 0 || i > k {
+        return Err(err());
+    }
+    Ok((i, k))
 }
 
 const FEATURES: usize = 1280;
@@ -75,6 +95,8 @@ struct Features {
     train: Vec<usize>,
     val: Vec<usize>,
     test: Vec<usize>,
+    /// The held-out fold of a cross-validation run (`--cv-fold`); empty otherwise.
+    heldout: Vec<usize>,
 }
 
 pub fn run(args: Args) -> AnyResult<()> {
@@ -142,12 +164,48 @@ pub fn run(args: Args) -> AnyResult<()> {
                 .argmax(1)?
                 .to_vec1::<u32>()?)
         })?;
+        if let Some(fold) = args.cv_fold {
+            let logits = |x: &Tensor| Ok(net.forward_tail(x, args.fine_tune_from)?);
+            return cv_score(fold, &features, &trunk, logits);
+        }
         tensors = tuned_tensors;
+    }
+    if let Some(fold) = args.cv_fold {
+        let logits = |x: &Tensor| -> AnyResult<Tensor> {
+            Ok(x.matmul(&tensors["_fc.weight"].t()?)?
+                .broadcast_add(&tensors["_fc.bias"])?)
+        };
+        return cv_score(fold, &features, &features.x, logits);
     }
 
     let weights = args.work.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &weights)?;
     data::pack(&manifest, &weights, &args.out, started)
+}
+
+/// Prints the line a recipe comparison sums over folds: photos right on the held-out fold
+/// and their mean cross-entropy. `inputs` holds a row per photo that `logits` maps to scores.
+fn cv_score(
+    (i, k): (usize, usize),
+    f: &Features,
+    inputs: &Tensor,
+    logits: impl Fn(&Tensor) -> AnyResult<Tensor>,
+) -> AnyResult<()> {
+    let (mut right, mut loss_sum) = (0, 0.0);
+    for rows in f.heldout.chunks(64) {
+        let out = logits(&inputs.index_select(&index(rows)?, 0)?)?;
+        let y: Vec<u32> = rows.iter().map(|&r| f.y[r]).collect();
+        let y = Tensor::from_vec(y, rows.len(), &Device::Cpu)?;
+        right += train::correct(&out, &y)?;
+        loss_sum += f64::from(cross_entropy(&out, &y)?.to_scalar::<f32>()?) * rows.len() as f64;
+    }
+    let n = f.heldout.len();
+    println!(
+        "cv fold {i}/{k}: held-out {right}/{n} right (accuracy {:.4}), mean loss {:.4}",
+        right as f64 / n as f64,
+        loss_sum / n as f64
+    );
+    Ok(())
 }
 
 fn index(rows: &[usize]) -> candle_core::Result<Tensor> {
@@ -212,9 +270,18 @@ fn features(
         }
     }
     let originals = train.clone();
+    let heldout = match args.cv_fold {
+        Some(fold) => heldout_fold(&originals, &y, fold, args.seed),
+        None => Vec::new(),
+    };
+    train.retain(|i| !heldout.contains(i));
     for _ in 0..args.augment {
         for &i in &originals {
-            train.push(y.len());
+            // Views of held-out photos keep their rows (the cache is the same for every
+            // fold) but are not trained on.
+            if !heldout.contains(&i) {
+                train.push(y.len());
+            }
             y.push(y[i]);
         }
     }
@@ -241,7 +308,28 @@ fn features(
         train,
         val,
         test,
+        heldout,
     })
+}
+
+/// Fold `i` of `k` of the training photos: each digit's photos in an order shuffled by the
+/// seed, dealt round-robin to the folds, so every fold holds the same share of every digit and
+/// the folds do not depend on the recipe being compared.
+fn heldout_fold(train: &[usize], y: &[u32], (i, k): (usize, usize), seed: u64) -> Vec<usize> {
+    let mut fold = Vec::new();
+    for digit in 0..10u32 {
+        let photos: Vec<usize> = train.iter().copied().filter(|&r| y[r] == digit).collect();
+        let order = train::epoch_order(photos.len(), seed, 3000 + digit as usize);
+        fold.extend(
+            order
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| n % k == i - 1)
+                .map(|(_, &o)| photos[o]),
+        );
+    }
+    fold.sort_unstable();
+    fold
 }
 
 fn extract(
@@ -432,6 +520,7 @@ fn settings(args: &Args) -> serde_json::Value {
     serde_json::json!({
         "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
         "weight_decay": args.weight_decay, "augment": args.augment, "seed": args.seed,
+        "cv_fold": args.cv_fold,
     })
 }
 
@@ -442,7 +531,13 @@ fn report(
     labels: &[String],
     predict: impl Fn(&[usize]) -> AnyResult<Vec<u32>>,
 ) -> AnyResult<()> {
-    for (name, rows) in [("val", &f.val), ("test", &f.test)] {
+    // A cross-validation run scores its held-out fold and leaves the test split unread.
+    let scored = if f.heldout.is_empty() {
+        ("test", &f.test)
+    } else {
+        ("held-out", &f.heldout)
+    };
+    for (name, rows) in [("val", &f.val), scored] {
         let actual: Vec<u32> = rows.iter().map(|&i| f.y[i]).collect();
         let (accuracy, recall) = data::recall_report(&predict(rows)?, &actual, labels);
         let recall: Vec<String> = recall.iter().map(|r| format!("{r:.3}")).collect();
