@@ -261,21 +261,28 @@ impl Classifier for Plan {
         let mut ws = self.workspace((n, h, w), &shapes);
         write_nhwc(x, &mut ws.buffers[self.buffers[0]])?;
         let mut profile = String::new();
-        for (i, step) in self.steps.iter().enumerate() {
-            let started = self.profile.then(std::time::Instant::now);
-            self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));
-            if let Some(started) = started {
-                let s = shapes[i + 1];
-                profile += &format!(
-                    " {}->{}x{}x{}:{:.0}us",
-                    step.op.name(),
-                    s.1,
-                    s.2,
-                    s.3,
-                    started.elapsed().as_secs_f64() * 1e6
-                );
+        // The steps run on a thread of rayon's pool. From any other thread, each kernel call
+        // that shares its work out would hand it to the pool and sleep until a pool thread
+        // wakes it: one sleep and wake-up per call, dozens per forward. From a pool thread the
+        // calling thread works on its share and joins the others without sleeping. (From a
+        // pool thread already, `scope` runs the loop in place.)
+        rayon::scope(|_| {
+            for (i, step) in self.steps.iter().enumerate() {
+                let started = self.profile.then(std::time::Instant::now);
+                self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));
+                if let Some(started) = started {
+                    let s = shapes[i + 1];
+                    profile += &format!(
+                        " {}->{}x{}x{}:{:.0}us",
+                        step.op.name(),
+                        s.1,
+                        s.2,
+                        s.3,
+                        started.elapsed().as_secs_f64() * 1e6
+                    );
+                }
             }
-        }
+        });
         if self.profile {
             eprintln!("edgemm plan {} n={n}:{profile}", self.architecture);
         }

@@ -236,12 +236,15 @@ impl Isa {
     }
 }
 
-/// Below this much work (multiply-adds, or elements touched; about 0.15 ms on one core) a
-/// kernel call stays on the calling thread. Waking rayon's pool and joining it costs
-/// microseconds on an idle machine but up to a scheduler slice when the other cores are busy,
-/// which is what dominated alexnet-small at batch 1 (measured on the shared 2-core machine:
-/// 1.8-2.1 ms with its layers threaded, 1.1-1.5 ms with them serial).
-const PARALLEL_MIN_WORK: usize = 1 << 23;
+/// Below this much work (multiply-adds, or elements touched; about 10 us on one core) a
+/// kernel call stays on the calling thread. A plan runs its steps on a pool thread, so
+/// sharing a call out is a fork-join inside the pool, not a sleep and wake-up of the caller;
+/// then it pays from here (A/B runs of the `models` bench at batch 1 on the 2-core machine,
+/// medians of 5-6 alternating runs: 8 M -> 2 M multiply-adds took alexnet-small from 1.40 to
+/// 1.21 ms and sign-language from 13.2 to 12.0 ms; 2 M -> 512 K took alexnet-small from 1.25
+/// to 1.08 ms, sign-language unchanged; 512 K -> 128 K changed neither). When the other cores
+/// are busy, a join can wait up to a scheduler slice for its other half.
+const PARALLEL_MIN_WORK: usize = 1 << 19;
 
 /// Whether a kernel call doing `work` is worth sharing out over rayon's pool.
 pub(crate) fn parallel(work: usize) -> bool {
