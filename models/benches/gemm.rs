@@ -12,11 +12,8 @@ use edgemm_models::kernels::gemm::{gemm, Epilogue, PackedB, RowMajor};
 use edgemm_models::kernels::{Activation, Isa};
 
 fn main() {
-    if std::env::var_os("INSTALL").is_some() {
-        rayon::ThreadPoolBuilder::new().build().unwrap().install(run)
-    } else {
-        run()
-    }
+    // On a pool thread, as a plan runs its steps.
+    rayon::scope(|_| run());
 }
 
 fn run() {
@@ -52,7 +49,9 @@ fn run() {
     ];
     let mut total_ms = 0.0;
     for (m, k, n) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+            .collect();
         let bias: Vec<f32> = (0..n).map(|j| (j % 5) as f32 / 10.0).collect();
         let b = PackedB::new(isa, k, n, |p, j| ((p * 3 + j) % 11) as f32 / 11.0 - 0.5);
         let mut c = vec![0f32; m * n];

@@ -2,7 +2,7 @@
 
 use std::arch::aarch64::*;
 
-use super::gemm::Microkernel;
+use super::gemm::{store_tile, Microkernel, Store};
 
 pub(super) const NEON: Microkernel = Microkernel {
     mr: 8,
@@ -20,7 +20,7 @@ unsafe fn neon_8x8(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 8;
     let mut acc = [vdupq_n_f32(0.0); 2 * MR];
@@ -47,18 +47,8 @@ unsafe fn neon_8x8(
             row!(7, a1, 3);
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 4 * (i % 2));
-            let v = if accumulate {
-                vaddq_f32(*v, vld1q_f32(at))
-            } else {
-                *v
-            };
-            vst1q_f32(at, v);
-        }
-    }
+    // SAFETY: the caller's contract is `store_neon`'s.
+    unsafe { store_neon(&acc, c, ldc, store) };
 }
 
 /// [`neon_8x8`] reading `a` in place, rows `lda` apart.
@@ -73,7 +63,7 @@ unsafe fn neon_8x8_rows(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 8;
     let mut acc = [vdupq_n_f32(0.0); 2 * MR];
@@ -91,16 +81,38 @@ unsafe fn neon_8x8_rows(
             }
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 4 * (i % 2));
-            let v = if accumulate {
-                vaddq_f32(*v, vld1q_f32(at))
-            } else {
-                *v
-            };
-            vst1q_f32(at, v);
+    // SAFETY: the caller's contract is `store_neon`'s.
+    unsafe { store_neon(&acc, c, ldc, store) };
+}
+
+/// Writes the 8 x 8 tile held in `acc` (vector `i` is row `i / 2`, columns `4 (i % 2)..+4`):
+/// a whole tile without epilogue straight from the registers, anything else through
+/// [`store_tile`].
+///
+/// # Safety
+/// See [`Microkernel::run`].
+#[target_feature(enable = "neon")]
+unsafe fn store_neon(acc: &[float32x4_t; 16], c: *mut f32, ldc: usize, store: &Store) {
+    if store.rows == 8 && store.cols == 8 && !store.has_epilogue() {
+        for (i, v) in acc.iter().enumerate() {
+            // SAFETY: vector i is row i / 2, columns 4 (i % 2) ..+4, inside the tile.
+            unsafe {
+                let at = c.add((i / 2) * ldc + 4 * (i % 2));
+                let v = if store.accumulate {
+                    vaddq_f32(*v, vld1q_f32(at))
+                } else {
+                    *v
+                };
+                vst1q_f32(at, v);
+            }
         }
+        return;
     }
+    let mut tile = [0f32; 64];
+    for (i, v) in acc.iter().enumerate() {
+        // SAFETY: four values at 4 i, inside the 64.
+        unsafe { vst1q_f32(tile.as_mut_ptr().add(4 * i), *v) };
+    }
+    // SAFETY: the caller's contract.
+    unsafe { store_tile(&tile, 8, c, ldc, store) };
 }

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{multiversion, multiversion_unsafe, parallel, Activation, Arch, Isa, SyncPtr};
+use super::{multiversion, parallel, Activation, Arch, Isa, SyncPtr};
 
 /// Depth of one packed block: a `KC x NR` strip of `B` stays in L1 while the panels of `A`
 /// stream past it.
@@ -26,22 +26,20 @@ const MC: usize = 144;
 
 /// The register-tile kernel of one instruction set: `c[MR x NR] (+)= a · b` where `a` is a
 /// packed `KC x MR` panel (row `p` holds `MR` values), `b` a packed `KC x NR` strip and `c`
-/// an `MR x NR` tile whose rows are `ldc` apart, overwritten or, with `accumulate`, added to.
+/// an `MR x NR` tile whose rows are `ldc` apart, written as [`Store`] says: only the rows
+/// and columns that exist (an edge tile is written in place, with masked stores), added to
+/// what is there for a later depth block, and with the epilogue applied on the way out for
+/// the last one.
 #[derive(Clone, Copy)]
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
     /// # Safety
-    /// `a` holds `kc * mr` values, `b` holds `kc * nr`, `c` points to `mr` rows of `nr`
-    /// writable values `ldc` apart, and the CPU supports the kernel's instruction set.
-    pub run: unsafe fn(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ),
+    /// `a` holds `kc * mr` values, `b` holds `kc * nr`, `c` points to `store.rows` rows of
+    /// `store.cols` writable values `ldc` apart, `store`'s pointers are as it documents, and
+    /// the CPU supports the kernel's instruction set.
+    pub run:
+        unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, store: &Store),
     /// As `run`, with `a` read in place from a row-major matrix: row `i` of the tile starts
     /// at `a + i * lda`, its depth `p` at `+ p`. A 1x1 convolution's NHWC input is such a
     /// matrix, so it multiplies without being packed.
@@ -55,8 +53,73 @@ pub(crate) struct Microkernel {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        accumulate: bool,
+        store: &Store,
     ),
+}
+
+/// How a microkernel writes its tile of `C`.
+#[derive(Clone, Copy)]
+pub(crate) struct Store {
+    /// Rows (at most `MR`) and columns (at most `NR`) of the tile that lie inside `C`; the
+    /// others are computed (from zero padding) but never written.
+    pub rows: usize,
+    pub cols: usize,
+    /// Add to what the tile holds (the sums of the earlier depth blocks) instead of
+    /// overwriting it.
+    pub accumulate: bool,
+    /// `cols` values added to the tile's columns, or null.
+    pub bias: *const f32,
+    pub activation: Activation,
+    /// The residual's tile, added after the activation: row `i` at `residual + i * ldr`,
+    /// `cols` values each; or null.
+    pub residual: *const f32,
+    pub ldr: usize,
+}
+
+impl Store {
+    /// A plain store: no bias, activation or residual.
+    pub(crate) fn plain(rows: usize, cols: usize, accumulate: bool) -> Self {
+        Store {
+            rows,
+            cols,
+            accumulate,
+            bias: std::ptr::null(),
+            activation: Activation::None,
+            residual: std::ptr::null(),
+            ldr: 0,
+        }
+    }
+
+    pub(crate) fn has_epilogue(&self) -> bool {
+        !self.bias.is_null() || self.activation != Activation::None || !self.residual.is_null()
+    }
+}
+
+/// Writes an `MR x NR` tile held in `tile` (rows `nr` apart) to `c` as `store` says: the
+/// microkernels without masked vector stores spill their registers here for edge tiles and
+/// epilogues.
+///
+/// # Safety
+/// As for [`Microkernel::run`]: `c` holds `store.rows` rows of `store.cols` writable values
+/// `ldc` apart, and `store`'s bias and residual are readable as it documents.
+pub(crate) unsafe fn store_tile(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, store: &Store) {
+    for i in 0..store.rows {
+        // SAFETY: row i of the tile, `cols` values (the contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), store.cols) };
+        for (j, (d, &v)) in dst.iter_mut().zip(&tile[i * nr..]).enumerate() {
+            let mut v = if store.accumulate { *d + v } else { v };
+            if !store.bias.is_null() {
+                // SAFETY: j < cols bias values (the contract).
+                v += unsafe { *store.bias.add(j) };
+            }
+            v = store.activation.apply_one(v);
+            if !store.residual.is_null() {
+                // SAFETY: row i of the residual's tile, j < cols (the contract).
+                v += unsafe { *store.residual.add(i * store.ldr + j) };
+            }
+            *d = v;
+        }
+    }
 }
 
 impl Microkernel {
@@ -227,10 +290,6 @@ impl Epilogue<'_> {
         activation: Activation::None,
         residual: None,
     };
-
-    fn is_none(&self) -> bool {
-        self.bias.is_none() && self.activation == Activation::None && self.residual.is_none()
-    }
 }
 
 /// Up to this many rows, a product is a few matrix-vector products: a full `MR`-row tile would
@@ -271,7 +330,7 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
         let cols = cb * strips_per_block..((cb + 1) * strips_per_block).min(strips);
         // SAFETY: blocks cover disjoint (rows, strips) rectangles of `c`, which outlives the
         // parallel loop, so each tile written below is written by one thread only.
-        unsafe { gemm_block(isa, mk, a, b, out.get(), rows, cols, epilogue) };
+        unsafe { gemm_block(mk, a, b, out.get(), rows, cols, epilogue) };
     };
     let blocks = row_blocks * col_blocks;
     if blocks == 1 || !par {
@@ -298,7 +357,7 @@ pub(crate) fn gemm_serial(
     assert!(strips.end <= n.div_ceil(b.nr), "strips out of range");
     let mk = Microkernel::for_isa(isa);
     // SAFETY: the whole of `c`, borrowed mutably here, is written by this thread only.
-    unsafe { gemm_block(isa, mk, a, b, c.as_mut_ptr(), 0..m, strips, &Epilogue::NONE) };
+    unsafe { gemm_block(mk, a, b, c.as_mut_ptr(), 0..m, strips, &Epilogue::NONE) };
 }
 
 /// One block of rows and column strips, serially.
@@ -308,7 +367,6 @@ pub(crate) fn gemm_serial(
 /// `rows x (strips * NR ∩ 0..N)`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_block(
-    isa: Isa,
     mk: Microkernel,
     a: &dyn PackA,
     b: &PackedB,
@@ -328,7 +386,6 @@ unsafe fn gemm_block(
         Some(_) => rows.len() / mr,
         None => 0,
     };
-    let mut tile = vec![0f32; mr * nr];
     PACK_A.with_borrow_mut(|packed| {
         packed.resize((panels - full_panels) * kc_max * mr, 0.0);
         for kb in 0..k_blocks {
@@ -339,7 +396,6 @@ unsafe fn gemm_block(
                 let out = &mut packed[q * kc * mr..(q + 1) * kc * mr];
                 a.pack(rows.start + p * mr, k0, kc, mr, out);
             }
-            let accumulate = kb > 0;
             let last = kb + 1 == k_blocks;
             for s in strips.clone() {
                 let strip = &b.strip(s)[k0 * nr..];
@@ -347,49 +403,37 @@ unsafe fn gemm_block(
                 let cols = nr.min(n - col0);
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
-                    let tile_rows = mr.min(rows.end - row0);
-                    let full = tile_rows == mr && cols == nr;
-                    let (dst, ldc) = if full {
-                        // SAFETY: the full tile at (row0, col0) lies in this call's rectangle.
-                        (unsafe { c.add(row0 * n + col0) }, n)
-                    } else {
-                        (tile.as_mut_ptr(), nr)
-                    };
-                    let acc = accumulate && full;
+                    let mut store = Store::plain(mr.min(rows.end - row0), cols, kb > 0);
+                    if last {
+                        store.bias = epilogue
+                            .bias
+                            .map_or(std::ptr::null(), |b| b[col0..col0 + cols].as_ptr());
+                        store.activation = epilogue.activation;
+                        if let Some(residual) = epilogue.residual {
+                            store.residual = residual[row0 * n + col0..].as_ptr();
+                            store.ldr = n;
+                        }
+                    }
+                    // SAFETY: the tile at (row0, col0) lies in this call's rectangle.
+                    let dst = unsafe { c.add(row0 * n + col0) };
                     match in_place {
                         Some((data, lda)) if p < full_panels => {
                             let rows_at = data[row0 * lda + k0..][..(mr - 1) * lda + kc].as_ptr();
                             // SAFETY: rows row0..row0+mr of the source exist (a full panel)
                             // and hold depths k0..k0+kc; the strip from k0 holds kc*nr values;
-                            // `dst` is a tile of this call's rectangle or the scratch tile;
-                            // the instruction set is the `Isa`'s.
+                            // `dst` holds the store's rows and columns of this call's
+                            // rectangle, the bias its columns and the residual (an M x N
+                            // matrix) its rows; the instruction set is the `Isa`'s.
                             unsafe {
-                                (mk.run_rows)(kc, rows_at, lda, strip.as_ptr(), dst, ldc, acc)
+                                (mk.run_rows)(kc, rows_at, lda, strip.as_ptr(), dst, n, &store)
                             };
                         }
                         _ => {
                             let panel = packed[(p - full_panels) * kc * mr..][..kc * mr].as_ptr();
                             // SAFETY: the panel holds kc*mr values, the strip from k0 at least
-                            // kc*nr; `dst` as above.
-                            unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, ldc, acc) };
+                            // kc*nr; `dst` and the store as above.
+                            unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, n, &store) };
                         }
-                    }
-                    if !full || (last && !epilogue.is_none()) {
-                        let scratch = (!full).then_some((&tile[..], nr, accumulate));
-                        let epilogue = (last && !epilogue.is_none()).then_some(epilogue);
-                        // SAFETY: rows row0..row0+tile_rows, columns col0..col0+cols lie in
-                        // this call's rectangle of `c`, rows n apart.
-                        unsafe {
-                            complete_tile(
-                                isa,
-                                c,
-                                n,
-                                (row0, tile_rows),
-                                (col0, cols),
-                                scratch,
-                                epilogue,
-                            )
-                        };
                     }
                 }
             }
@@ -452,50 +496,6 @@ multiversion! {
         for (x, w) in rows.remainder().iter().zip(strips.remainder().chunks_exact(nr)) {
             for (a, w) in acc.iter_mut().zip(w) {
                 *a += *x * *w;
-            }
-        }
-    }
-}
-
-multiversion_unsafe! {
-    /// Completes the output tile of rows `row0 .. row0+rows`, columns `col0 .. col0+cols` of
-    /// `c` (`n` columns): an edge tile is first stored from `scratch` (`(tile, its row
-    /// length, add to what is there)`), then the epilogue, if any, runs over it. One call per
-    /// tile, so the epilogue's bias stays in registers across the tile's rows.
-    ///
-    /// # Safety
-    /// The tile lies inside `c`, and no other thread touches it meanwhile.
-    unsafe fn complete_tile(
-        c: *mut f32,
-        n: usize,
-        rows: (usize, usize),
-        cols: (usize, usize),
-        scratch: Option<(&[f32], usize, bool)>,
-        epilogue: Option<&Epilogue>,
-    ) {
-        let ((row0, rows), (col0, cols)) = (rows, cols);
-        let bias = epilogue.and_then(|e| e.bias).map(|b| &b[col0..col0 + cols]);
-        for r in 0..rows {
-            let row = row0 + r;
-            // SAFETY: (row, col0..col0+cols) lies in the tile; see the contract.
-            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(row * n + col0), cols) };
-            if let Some((tile, ld, accumulate)) = scratch {
-                let src = &tile[r * ld..r * ld + cols];
-                if accumulate {
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
-                } else {
-                    dst.copy_from_slice(src);
-                }
-            }
-            if let Some(epilogue) = epilogue {
-                if let Some(bias) = bias {
-                    dst.iter_mut().zip(bias).for_each(|(d, b)| *d += *b);
-                }
-                epilogue.activation.apply(dst);
-                if let Some(residual) = epilogue.residual {
-                    let residual = &residual[row * n + col0..row * n + col0 + cols];
-                    dst.iter_mut().zip(residual).for_each(|(d, r)| *d += *r);
-                }
             }
         }
     }
@@ -566,6 +566,8 @@ mod tests {
                 (8, 1000, 10),
                 (2, 700, 100),
                 (200, 27, 64),
+                (49, 600, 24),
+                (13, 16, 80),
             ] {
                 let a = rng.vec(m * k);
                 let b = rng.vec(k * n);
@@ -578,24 +580,48 @@ mod tests {
                     cols: k,
                 };
                 let expected = naive(&a, &b, m, k, n);
-                let mut c = vec![f32::NAN; m * n];
+                // A tail past the matrix that no store may touch.
+                let mut c = vec![f32::NAN; m * n + 64];
                 gemm(isa, &lhs, &packed, &mut c, &Epilogue::NONE);
-                let err = max_relative_error(&c, &expected);
+                assert!(c[m * n..].iter().all(|v| v.is_nan()), "wrote past C");
+                let c = &mut c[..m * n];
+                let err = max_relative_error(c, &expected);
                 assert!(err <= 1e-5, "{} {m}x{k}x{n}: {err:e}", isa.name());
 
-                let epilogue = Epilogue {
-                    bias: Some(&bias),
-                    activation: Activation::Relu6,
-                    residual: Some(&residual),
-                };
-                gemm(isa, &lhs, &packed, &mut c, &epilogue);
-                let expected: Vec<f32> = expected
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (v + bias[i % n]).clamp(0.0, 6.0) + residual[i])
-                    .collect();
-                let err = max_relative_error(&c, &expected);
-                assert!(err <= 1e-5, "{} {m}x{k}x{n} epilogue: {err:e}", isa.name());
+                // Each part of the epilogue alone and together, every activation.
+                for (with_bias, activation, with_residual) in [
+                    (true, Activation::Relu6, true),
+                    (true, Activation::None, false),
+                    (false, Activation::Relu, false),
+                    (false, Activation::None, true),
+                    (true, Activation::Relu, true),
+                ] {
+                    let epilogue = Epilogue {
+                        bias: with_bias.then_some(&bias[..]),
+                        activation,
+                        residual: with_residual.then_some(&residual[..]),
+                    };
+                    gemm(isa, &lhs, &packed, c, &epilogue);
+                    let want: Vec<f32> = expected
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            let v = if with_bias { v + bias[i % n] } else { v };
+                            let v = activation.apply_one(v);
+                            if with_residual {
+                                v + residual[i]
+                            } else {
+                                v
+                            }
+                        })
+                        .collect();
+                    let err = max_relative_error(c, &want);
+                    assert!(
+                        err <= 1e-5,
+                        "{} {m}x{k}x{n} {activation:?} bias {with_bias} residual {with_residual}: {err:e}",
+                        isa.name()
+                    );
+                }
             }
         }
     }

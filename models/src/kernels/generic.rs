@@ -1,6 +1,6 @@
 //! The portable GEMM microkernel: plain Rust, a 4 x 8 tile, for any target.
 
-use super::gemm::Microkernel;
+use super::gemm::{store_tile, Microkernel, Store};
 
 pub(super) const PORTABLE: Microkernel = Microkernel {
     mr: MR,
@@ -20,7 +20,7 @@ unsafe fn portable_4x8(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     // SAFETY: the caller guarantees the sizes of the two operands.
     let (a, b) = unsafe {
@@ -37,15 +37,8 @@ unsafe fn portable_4x8(
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: row i of the tile, NR values, ldc apart from the previous one.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
-        if accumulate {
-            dst.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
-        } else {
-            dst.copy_from_slice(row);
-        }
-    }
+    // SAFETY: the caller's contract is `store_tile`'s.
+    unsafe { store_tile(acc.as_flattened(), NR, c, ldc, store) };
 }
 
 /// [`portable_4x8`] reading `a` in place, rows `lda` apart.
@@ -59,7 +52,7 @@ unsafe fn portable_4x8_rows(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     // SAFETY: the caller guarantees rows i < MR hold kc values from `a + i * lda`, and kc*NR
     // values of `b`.
@@ -78,13 +71,6 @@ unsafe fn portable_4x8_rows(
             }
         }
     }
-    for (i, row) in acc.iter().enumerate() {
-        // SAFETY: row i of the tile, NR values, ldc apart from the previous one.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), NR) };
-        if accumulate {
-            dst.iter_mut().zip(row).for_each(|(d, v)| *d += *v);
-        } else {
-            dst.copy_from_slice(row);
-        }
-    }
+    // SAFETY: the caller's contract is `store_tile`'s.
+    unsafe { store_tile(acc.as_flattened(), NR, c, ldc, store) };
 }

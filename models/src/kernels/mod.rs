@@ -169,6 +169,16 @@ impl Activation {
             Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
         }
     }
+
+    /// The activation of one value, as [`Activation::apply`] computes it.
+    #[inline(always)]
+    fn apply_one(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
 }
 
 /// Defines `fn name(isa: Isa, args..)` running `body` compiled for `isa`'s target features.

@@ -6,7 +6,8 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm::Microkernel;
+use super::gemm::{Microkernel, Store};
+use super::Activation;
 
 pub(super) const AVX512: Microkernel = Microkernel {
     mr: 12,
@@ -31,7 +32,7 @@ unsafe fn avx512_12x32(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 12;
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
@@ -48,18 +49,8 @@ unsafe fn avx512_12x32(
             }
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 16 (i % 2) ..+16, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 16 * (i % 2));
-            let v = if accumulate {
-                _mm512_add_ps(*v, _mm512_loadu_ps(at))
-            } else {
-                *v
-            };
-            _mm512_storeu_ps(at, v);
-        }
-    }
+    // SAFETY: the caller's contract is `store_avx512`'s.
+    unsafe { store_avx512(&acc, c, ldc, store) };
 }
 
 /// # Safety
@@ -71,7 +62,7 @@ unsafe fn avx2_6x16(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 6;
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
@@ -88,18 +79,8 @@ unsafe fn avx2_6x16(
             }
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 8 (i % 2) ..+8, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 8 * (i % 2));
-            let v = if accumulate {
-                _mm256_add_ps(*v, _mm256_loadu_ps(at))
-            } else {
-                *v
-            };
-            _mm256_storeu_ps(at, v);
-        }
-    }
+    // SAFETY: the caller's contract is `store_avx2`'s.
+    unsafe { store_avx2(&acc, c, ldc, store) };
 }
 
 /// [`avx512_12x32`] reading `a` in place, rows `lda` apart.
@@ -114,7 +95,7 @@ unsafe fn avx512_12x32_rows(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 12;
     let mut acc = [_mm512_setzero_ps(); 2 * MR];
@@ -132,18 +113,8 @@ unsafe fn avx512_12x32_rows(
             }
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 16 (i % 2) ..+16, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 16 * (i % 2));
-            let v = if accumulate {
-                _mm512_add_ps(*v, _mm512_loadu_ps(at))
-            } else {
-                *v
-            };
-            _mm512_storeu_ps(at, v);
-        }
-    }
+    // SAFETY: the caller's contract is `store_avx512`'s.
+    unsafe { store_avx512(&acc, c, ldc, store) };
 }
 
 /// [`avx2_6x16`] reading `a` in place, rows `lda` apart.
@@ -158,7 +129,7 @@ unsafe fn avx2_6x16_rows(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    store: &Store,
 ) {
     const MR: usize = 6;
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
@@ -176,16 +147,114 @@ unsafe fn avx2_6x16_rows(
             }
         }
     }
-    for (i, v) in acc.iter().enumerate() {
-        // SAFETY: vector i is row i / 2, columns 8 (i % 2) ..+8, inside the tile.
-        unsafe {
-            let at = c.add((i / 2) * ldc + 8 * (i % 2));
-            let v = if accumulate {
-                _mm256_add_ps(*v, _mm256_loadu_ps(at))
-            } else {
-                *v
-            };
-            _mm256_storeu_ps(at, v);
+    // SAFETY: the caller's contract is `store_avx2`'s.
+    unsafe { store_avx2(&acc, c, ldc, store) };
+}
+
+/// Writes the 12 x 32 tile held in `acc` (vector `i` is row `i / 2`, columns `16 (i % 2)..+16`)
+/// as `store` says, in registers: masked loads and stores cover the columns that exist (a
+/// masked-off lane is neither read nor written, so an edge tile needs no scratch copy), and
+/// the epilogue (bias, activation, residual) is applied on the way out.
+///
+/// # Safety
+/// See [`Microkernel::run`]; the CPU must have AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_avx512(acc: &[__m512; 24], c: *mut f32, ldc: usize, store: &Store) {
+    let lanes: u32 = if store.cols >= 32 {
+        u32::MAX
+    } else {
+        (1 << store.cols) - 1
+    };
+    let mask = [lanes as u16, (lanes >> 16) as u16];
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    // SAFETY (all loads and stores below): a lane is touched only when its mask bit is set,
+    // that is for columns < cols of rows < rows, which the contract makes valid. Addresses
+    // are formed with `wrapping_add`, as a wholly masked-off half may start past the end.
+    let bias = if store.bias.is_null() {
+        [zero; 2]
+    } else {
+        std::array::from_fn(|h| unsafe {
+            _mm512_maskz_loadu_ps(mask[h], store.bias.wrapping_add(16 * h))
+        })
+    };
+    let epilogue = store.has_epilogue();
+    for (i, pair) in acc.chunks_exact(2).enumerate().take(store.rows) {
+        for (h, &v) in pair.iter().enumerate() {
+            unsafe {
+                let at = c.wrapping_add(i * ldc + 16 * h);
+                let mut v = v;
+                if store.accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], at));
+                }
+                if epilogue {
+                    v = _mm512_add_ps(v, bias[h]);
+                    v = match store.activation {
+                        Activation::None => v,
+                        Activation::Relu => _mm512_max_ps(v, zero),
+                        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+                    };
+                    if !store.residual.is_null() {
+                        let r = store.residual.wrapping_add(i * store.ldr + 16 * h);
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], r));
+                    }
+                }
+                _mm512_mask_storeu_ps(at, mask[h], v);
+            }
+        }
+    }
+}
+
+/// [`store_avx512`] for the 6 x 16 AVX2 tile (vector `i` is row `i / 2`, columns
+/// `8 (i % 2)..+8`), with AVX2's masked loads and stores.
+///
+/// # Safety
+/// See [`Microkernel::run`]; the CPU must have AVX2.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store) {
+    let first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lane j of half h is written when 8 h + j < cols.
+    let mask: [__m256i; 2] = std::array::from_fn(|h| {
+        let left = store.cols as i32 - 8 * h as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(left), first)
+    });
+    let zero = _mm256_setzero_ps();
+    let six = _mm256_set1_ps(6.0);
+    // SAFETY (all loads and stores below): a lane is touched only when its mask is set, that
+    // is for columns < cols of rows < rows, which the contract makes valid. Addresses are
+    // formed with `wrapping_add`, as a wholly masked-off half may start past the end.
+    let bias = if store.bias.is_null() {
+        [zero; 2]
+    } else {
+        std::array::from_fn(|h| unsafe {
+            _mm256_maskload_ps(store.bias.wrapping_add(8 * h), mask[h])
+        })
+    };
+    let epilogue = store.has_epilogue();
+    for (i, pair) in acc.chunks_exact(2).enumerate().take(store.rows) {
+        for (h, &v) in pair.iter().enumerate() {
+            unsafe {
+                let at = c.wrapping_add(i * ldc + 8 * h);
+                let mut v = v;
+                if store.accumulate {
+                    v = _mm256_add_ps(v, _mm256_maskload_ps(at, mask[h]));
+                }
+                if epilogue {
+                    v = _mm256_add_ps(v, bias[h]);
+                    v = match store.activation {
+                        Activation::None => v,
+                        Activation::Relu => _mm256_max_ps(v, zero),
+                        Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, zero), six),
+                    };
+                    if !store.residual.is_null() {
+                        let r = store.residual.wrapping_add(i * store.ldr + 8 * h);
+                        v = _mm256_add_ps(v, _mm256_maskload_ps(r, mask[h]));
+                    }
+                }
+                _mm256_maskstore_ps(at, mask[h], v);
+            }
         }
     }
 }
