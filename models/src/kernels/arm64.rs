@@ -8,6 +8,7 @@ pub(super) const NEON: Microkernel = Microkernel {
     mr: 8,
     nr: 8,
     run: neon_8x8,
+    run_short: None,
     run_rows: neon_8x8_rows,
 };
 

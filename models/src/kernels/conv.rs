@@ -81,21 +81,25 @@ impl PackA for Im2col<'_> {
     fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
         let g = &self.geometry;
         let c = g.c_in;
+        // Row m is pixel (image, oy, ox) and depth k is tap (ky, kx), channel ci. Both are
+        // stepped rather than divided out per row and per tap: with 3 input channels (a
+        // network's first convolution) a run is 3 values and divisions would cost more than
+        // the copies.
         let per_image = g.out_height * g.out_width;
+        let (mut image, pixel) = (m0 / per_image, m0 % per_image);
+        let (mut oy, mut ox) = (pixel / g.out_width, pixel % g.out_width);
+        let (first_tap, first_ci) = (k0 / c, k0 % c);
         for r in 0..mr {
-            let m = m0 + r;
-            if m >= self.rows() {
+            if m0 + r >= self.rows() {
                 (0..kc).for_each(|p| out[p * mr + r] = 0.0);
                 continue;
             }
-            let (image, pixel) = (m / per_image, m % per_image);
-            let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
-            let mut k = k0;
+            let (mut ky, mut kx) = (first_tap / g.kernel, first_tap % g.kernel);
+            let (mut k, mut ci) = (k0, first_ci);
             while k < k0 + kc {
-                let (tap, ci) = (k / c, k % c);
                 let run = (c - ci).min(k0 + kc - k);
                 let dst = (k - k0) * mr + r;
-                match g.source(oy, ox, tap / g.kernel, tap % g.kernel) {
+                match g.source(oy, ox, ky, kx) {
                     Some((iy, ix)) => {
                         let at = ((image * g.height + iy) * g.width + ix) * c + ci;
                         for (q, v) in self.input[at..at + run].iter().enumerate() {
@@ -105,6 +109,18 @@ impl PackA for Im2col<'_> {
                     None => (0..run).for_each(|q| out[dst + q * mr] = 0.0),
                 }
                 k += run;
+                ci = 0;
+                kx += 1;
+                if kx == g.kernel {
+                    (kx, ky) = (0, ky + 1);
+                }
+            }
+            ox += 1;
+            if ox == g.out_width {
+                (ox, oy) = (0, oy + 1);
+                if oy == g.out_height {
+                    (oy, image) = (0, image + 1);
+                }
             }
         }
     }

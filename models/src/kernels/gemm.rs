@@ -40,6 +40,24 @@ pub(crate) struct Microkernel {
     /// the CPU supports the kernel's instruction set.
     pub run:
         unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, store: &Store),
+    /// As `run`, for a panel of which only the first `rows` (< `mr`) rows lie inside `C`
+    /// (`store.rows == rows`), multiplying those rows only; where it is `None`, `run`
+    /// multiplies the whole panel and the store writes the rows that exist.
+    ///
+    /// # Safety
+    /// As `run`.
+    #[allow(clippy::type_complexity)]
+    pub run_short: Option<
+        unsafe fn(
+            rows: usize,
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            store: &Store,
+        ),
+    >,
     /// As `run`, with `a` read in place from a row-major matrix: row `i` of the tile starts
     /// at `a + i * lda`, its depth `p` at `+ p`. A 1x1 convolution's NHWC input is such a
     /// matrix, so it multiplies without being packed.
@@ -432,7 +450,15 @@ unsafe fn gemm_block(
                             let panel = packed[(p - full_panels) * kc * mr..][..kc * mr].as_ptr();
                             // SAFETY: the panel holds kc*mr values, the strip from k0 at least
                             // kc*nr; `dst` and the store as above.
-                            unsafe { (mk.run)(kc, panel, strip.as_ptr(), dst, n, &store) };
+                            unsafe {
+                                match mk.run_short {
+                                    Some(short) if store.rows < mr => {
+                                        let rows = store.rows;
+                                        short(rows, kc, panel, strip.as_ptr(), dst, n, &store)
+                                    }
+                                    _ => (mk.run)(kc, panel, strip.as_ptr(), dst, n, &store),
+                                }
+                            };
                         }
                     }
                 }
@@ -549,6 +575,62 @@ mod tests {
             }
         }
         c
+    }
+
+    /// Every count of rows in the last panel (the short-panel kernels), on every instruction
+    /// set, for a packed operand and one read in place.
+    #[test]
+    fn every_short_panel_matches_naive_product() {
+        let mut rng = Rng::new(2);
+        for isa in Isa::supported() {
+            for m in 3..=27 {
+                let (k, n) = (20, 40);
+                let a = rng.vec(m * k);
+                let b = rng.vec(k * n);
+                let bias = rng.vec(n);
+                let packed = PackedB::new(isa, k, n, |p, j| b[p * n + j]);
+                let epilogue = Epilogue {
+                    bias: Some(&bias),
+                    activation: Activation::None,
+                    residual: None,
+                };
+                let expected: Vec<f32> = naive(&a, &b, m, k, n)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + bias[i % n])
+                    .collect();
+                let in_place = RowMajor {
+                    data: &a,
+                    rows: m,
+                    cols: k,
+                };
+                let packed_a = Packed(&in_place);
+                for (lhs, how) in [(&in_place as &dyn PackA, "in place"), (&packed_a, "packed")] {
+                    let mut c = vec![f32::NAN; m * n + 40];
+                    gemm(isa, lhs, &packed, &mut c, &epilogue);
+                    assert!(c[m * n..].iter().all(|v| v.is_nan()), "wrote past C");
+                    let err = max_relative_error(&c[..m * n], &expected);
+                    assert!(err <= 1e-5, "{} m={m} {how}: {err:e}", isa.name());
+                }
+            }
+        }
+    }
+
+    /// A row-major matrix that does not offer itself in place, so every panel is packed.
+    struct Packed<'a>(&'a RowMajor<'a>);
+
+    impl PackA for Packed<'_> {
+        fn rows(&self) -> usize {
+            self.0.rows()
+        }
+
+        fn depth(&self) -> usize {
+            self.0.depth()
+        }
+
+        fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+            self.0.pack(m0, k0, kc, mr, out)
+        }
     }
 
     /// Every instruction set, odd sizes around the tile and block edges, with and without

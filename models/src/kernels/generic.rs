@@ -6,6 +6,7 @@ pub(super) const PORTABLE: Microkernel = Microkernel {
     mr: MR,
     nr: NR,
     run: portable_4x8,
+    run_short: None,
     run_rows: portable_4x8_rows,
 };
 

@@ -314,9 +314,17 @@ pub(crate) mod testing {
     }
 
     /// `max |a - b| / max(max |b|, 1e-6)`: the golden tests' measure, relative to the largest
-    /// reference value so that near-zero outputs do not dominate.
+    /// reference value so that near-zero outputs do not dominate. Infinite when a value of
+    /// `a` is not finite where `b`'s is: `f32::max` would skip a NaN, hiding a value that was
+    /// never written.
     pub fn max_relative_error(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
+        if a.iter()
+            .zip(b)
+            .any(|(x, y)| !x.is_finite() && y.is_finite())
+        {
+            return f32::INFINITY;
+        }
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
     }
