@@ -325,6 +325,12 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     assert_eq!(b.isa, isa, "weights packed for another instruction set");
     assert_eq!(a.depth(), b.k, "inner dimensions differ");
     assert!(c.len() >= m * n, "output too small");
+    // The microkernels read the bias and residual through pointers: check their sizes here.
+    assert!(epilogue.bias.is_none_or(|b| b.len() >= n), "bias too small");
+    assert!(
+        epilogue.residual.is_none_or(|r| r.len() >= m * n),
+        "residual too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -584,20 +590,22 @@ mod tests {
         let mut rng = Rng::new(2);
         for isa in Isa::supported() {
             for m in 3..=27 {
-                let (k, n) = (20, 40);
+                // Two depth blocks, so the second accumulates; then the whole epilogue.
+                let (k, n) = (300, 40);
                 let a = rng.vec(m * k);
                 let b = rng.vec(k * n);
                 let bias = rng.vec(n);
+                let residual = rng.vec(m * n);
                 let packed = PackedB::new(isa, k, n, |p, j| b[p * n + j]);
                 let epilogue = Epilogue {
                     bias: Some(&bias),
-                    activation: Activation::None,
-                    residual: None,
+                    activation: Activation::Relu6,
+                    residual: Some(&residual),
                 };
                 let expected: Vec<f32> = naive(&a, &b, m, k, n)
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| v + bias[i % n])
+                    .map(|(i, v)| (v + bias[i % n]).clamp(0.0, 6.0) + residual[i])
                     .collect();
                 let in_place = RowMajor {
                     data: &a,
@@ -607,6 +615,7 @@ mod tests {
                 let packed_a = Packed(&in_place);
                 for (lhs, how) in [(&in_place as &dyn PackA, "in place"), (&packed_a, "packed")] {
                     let mut c = vec![f32::NAN; m * n + 40];
+                    // NaN before the product: the first depth block must overwrite it.
                     gemm(isa, lhs, &packed, &mut c, &epilogue);
                     assert!(c[m * n..].iter().all(|v| v.is_nan()), "wrote past C");
                     let err = max_relative_error(&c[..m * n], &expected);

@@ -255,7 +255,9 @@ unsafe fn store_avx512<const R: usize>(
                     v = match store.activation {
                         Activation::None => v,
                         Activation::Relu => _mm512_max_ps(v, zero),
-                        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(v, zero), six),
+                        // `max`/`min` return their second operand when one is NaN: NaN stays NaN,
+                        // as `f32::clamp` keeps it, and ReLU maps it to 0, as `f32::max` does.
+                        Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, v)),
                     };
                     if !store.residual.is_null() {
                         let r = store.residual.wrapping_add(i * store.ldr + 16 * h);
@@ -308,7 +310,9 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
                     v = match store.activation {
                         Activation::None => v,
                         Activation::Relu => _mm256_max_ps(v, zero),
-                        Activation::Relu6 => _mm256_min_ps(_mm256_max_ps(v, zero), six),
+                        // `max`/`min` return their second operand when one is NaN: NaN stays NaN,
+                        // as `f32::clamp` keeps it, and ReLU maps it to 0, as `f32::max` does.
+                        Activation::Relu6 => _mm256_min_ps(six, _mm256_max_ps(zero, v)),
                     };
                     if !store.residual.is_null() {
                         let r = store.residual.wrapping_add(i * store.ldr + 8 * h);

@@ -63,8 +63,8 @@ pub struct Args {
     dropout: f64,
     /// Cross-validation run `I/K`: hold out fold I (1-based) of K folds of the training
     /// photos (stratified by digit, fixed by the seed), train on the others with the same
-    /// recipe, and score the result on the held-out fold. The test split is not read and no
-    /// artifact is written. Summed over I = 1..K, every training photo is scored once, which
+    /// recipe, and score the result on the held-out fold. The test split is not scored (its
+    /// photos still pass through the cached backbone) and no artifact is written. Summed over I = 1..K, every training photo is scored once, which
     /// compares recipes on 1562 photos instead of val's 200.
     #[arg(long, value_parser = parse_fold)]
     cv_fold: Option<(usize, usize)>,
@@ -274,6 +274,9 @@ fn features(
         Some(fold) => heldout_fold(&originals, &y, fold, args.seed),
         None => Vec::new(),
     };
+    if args.cv_fold.is_some() && heldout.is_empty() {
+        return Err("--cv-fold: the fold is empty (more folds than photos of a digit)".into());
+    }
     train.retain(|i| !heldout.contains(i));
     for _ in 0..args.augment {
         for &i in &originals {
@@ -422,7 +425,7 @@ fn train_head(args: &Args, f: &Features) -> AnyResult<(VarMap, (usize, f64))> {
         warmup: steps_per_epoch,
         total: steps_per_epoch * args.epochs,
     };
-    let ckpt_dir = args.work.join("checkpoints");
+    let ckpt_dir = args.work.join(format!("checkpoints{}", fold_suffix(args)));
     let mut best: (usize, f64, f64) = (0, -1.0, f64::INFINITY);
     let mut best_weights = head_tensors(&varmap);
     let mut first = 0;
@@ -515,6 +518,14 @@ fn train_head(args: &Args, f: &Features) -> AnyResult<(VarMap, (usize, f64))> {
     Ok((varmap, (best.0, best.1)))
 }
 
+/// A cross-validation run's checkpoints live apart from the others' (`-cv1of2`): a run
+/// resumes from the latest checkpoint in its directory and keeps its best weights there, so
+/// a fold must never find another fold's.
+fn fold_suffix(args: &Args) -> String {
+    args.cv_fold
+        .map_or(String::new(), |(i, k)| format!("-cv{i}of{k}"))
+}
+
 /// What a checkpoint must agree with to be resumed.
 fn settings(args: &Args) -> serde_json::Value {
     serde_json::json!({
@@ -531,7 +542,7 @@ fn report(
     labels: &[String],
     predict: impl Fn(&[usize]) -> AnyResult<Vec<u32>>,
 ) -> AnyResult<()> {
-    // A cross-validation run scores its held-out fold and leaves the test split unread.
+    // A cross-validation run scores its held-out fold, never the test split.
     let scored = if f.heldout.is_empty() {
         ("test", &f.test)
     } else {
@@ -773,7 +784,9 @@ fn fine_tune(
         warmup: steps_per_epoch / 2,
         total: steps_per_epoch * args.fine_tune_epochs,
     };
-    let ckpt_dir = args.work.join(format!("fine-tune-{from}"));
+    let ckpt_dir = args
+        .work
+        .join(format!("fine-tune-{from}{}", fold_suffix(args)));
     std::fs::create_dir_all(&ckpt_dir)?;
     let settings = serde_json::json!({
         "head": settings(args), "from": from, "epochs": args.fine_tune_epochs,
@@ -895,4 +908,44 @@ fn shift(x: &Tensor, max: usize, rng: &mut Rng) -> candle_core::Result<Tensor> {
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     Tensor::cat(&items, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Over I = 1..K the folds are disjoint, cover every training photo once, and hold every
+    /// digit's photos in shares that differ by at most one.
+    #[test]
+    fn folds_partition_the_training_photos_by_digit() {
+        // 80 photos of 10 digits, the training rows not contiguous (as in splits.csv).
+        let y: Vec<u32> = (0..80).map(|i| (i * 7 % 10) as u32).collect();
+        let train: Vec<usize> = (0..80).filter(|i| i % 3 != 0).collect();
+        for k in [2, 3, 5] {
+            let folds: Vec<Vec<usize>> = (1..=k)
+                .map(|i| heldout_fold(&train, &y, (i, k), 1))
+                .collect();
+            let mut all: Vec<usize> = folds.concat();
+            all.sort_unstable();
+            assert_eq!(all, train, "K = {k}: folds must cover the photos once");
+            for digit in 0..10 {
+                let counts: Vec<usize> = folds
+                    .iter()
+                    .map(|f| f.iter().filter(|&&r| y[r] == digit).count())
+                    .collect();
+                let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                assert!(hi - lo <= 1, "K = {k}, digit {digit}: {counts:?}");
+            }
+            // Another seed deals other photos to fold 1.
+            assert_ne!(heldout_fold(&train, &y, (1, k), 2), folds[0]);
+        }
+    }
+
+    #[test]
+    fn fold_argument_is_checked() {
+        assert_eq!(parse_fold("2/3"), Ok((2, 3)));
+        for bad in ["0/2", "3/2", "1/1", "1", "a/b", "1/2/3"] {
+            assert!(parse_fold(bad).is_err(), "{bad}");
+        }
+    }
 }
