@@ -121,6 +121,19 @@ impl Store {
 /// As for [`Microkernel::run`]: `c` holds `store.rows` rows of `store.cols` writable values
 /// `ldc` apart, and `store`'s bias and residual are readable as it documents.
 pub(crate) unsafe fn store_tile(tile: &[f32], nr: usize, c: *mut f32, ldc: usize, store: &Store) {
+    if !store.has_epilogue() {
+        for i in 0..store.rows {
+            // SAFETY: row i of the tile, `cols` values (the contract).
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), store.cols) };
+            let src = &tile[i * nr..i * nr + store.cols];
+            if store.accumulate {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+        return;
+    }
     for i in 0..store.rows {
         // SAFETY: row i of the tile, `cols` values (the contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), store.cols) };

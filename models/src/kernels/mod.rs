@@ -70,6 +70,11 @@ impl Isa {
 
     /// Every instruction set this CPU has, slowest first (the portable one first).
     pub fn supported() -> Vec<Self> {
+        // Other targets (armv7) have the portable instruction set only.
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut out = vec![Isa(Arch::Portable)];
         #[cfg(target_arch = "x86_64")]
         {
