@@ -424,7 +424,11 @@ unsafe fn gemm_block(
         None => 0,
     };
     PACK_A.with_borrow_mut(|packed| {
-        packed.resize((panels - full_panels) * kc_max * mr, 0.0);
+        // Grown, never shrunk: shrinking and growing again would zero-fill on every call.
+        let needed = (panels - full_panels) * kc_max * mr;
+        if packed.len() < needed {
+            packed.resize(needed, 0.0);
+        }
         for kb in 0..k_blocks {
             let k0 = kb * kc_max;
             let kc = kc_max.min(k - k0);

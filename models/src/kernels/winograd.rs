@@ -158,8 +158,14 @@ impl Winograd {
                 // The transformed inputs of position t form a row-major [tiles, c_in] matrix,
                 // which the GEMM reads in place.
                 let per_t = count * self.c_in;
-                scratch.v.resize(positions * per_t, 0.0);
-                scratch.m.resize(positions * count * self.c_out, 0.0);
+                // Grown, never shrunk: shrinking and growing again would zero-fill each call.
+                let (v_len, m_len) = (positions * per_t, positions * count * self.c_out);
+                if scratch.v.len() < v_len {
+                    scratch.v.resize(v_len, 0.0);
+                }
+                if scratch.m.len() < m_len {
+                    scratch.m.resize(m_len, 0.0);
+                }
                 let v = &mut scratch.v[..positions * per_t];
                 let mm = &mut scratch.m[..positions * count * self.c_out];
                 for tile in 0..count {

@@ -213,10 +213,13 @@ unsafe fn avx2_6x16_rows(
 /// masked-off lane is neither read nor written, so an edge tile needs no scratch copy), and
 /// the epilogue (bias, activation, residual) is applied on the way out.
 ///
+/// Always inlined into the microkernel that calls it, and without a `target_feature` of its
+/// own (which would forbid that): called out of line, it made the kernel keep its
+/// accumulators in memory, zeroed with a `memset` on every call.
+///
 /// # Safety
-/// See [`Microkernel::run`]; the CPU must have AVX-512F.
-#[inline]
-#[target_feature(enable = "avx512f")]
+/// See [`Microkernel::run`]; the CPU must have AVX-512F, and the caller is compiled for it.
+#[inline(always)]
 unsafe fn store_avx512<const R: usize>(
     acc: &[[__m512; 2]; R],
     c: *mut f32,
@@ -242,7 +245,12 @@ unsafe fn store_avx512<const R: usize>(
         })
     };
     let epilogue = store.has_epilogue();
-    for (i, pair) in acc.iter().enumerate().take(store.rows) {
+    // One row of the tile; a macro rather than a closure, which was not inlined and kept the
+    // accumulators in memory.
+    macro_rules! row {
+        ($i:expr, $pair:expr) => {{
+        let i: usize = $i;
+        let pair: &[__m512; 2] = $pair;
         for (h, &v) in pair.iter().enumerate() {
             unsafe {
                 let at = c.wrapping_add(i * ldc + 16 * h);
@@ -267,16 +275,29 @@ unsafe fn store_avx512<const R: usize>(
                 _mm512_mask_storeu_ps(at, mask[h], v);
             }
         }
+        }};
     }
+    // The rows by constant index, unrolled by hand: a loop over the rows indexes the
+    // accumulators at run time, which keeps them in memory (zeroed with a `memset` and
+    // spilled on every call).
+    macro_rules! rows {
+        ($($i:literal)*) => {$(
+            if let Some(pair) = acc.get($i) {
+                if $i < store.rows {
+                    row!($i, pair);
+                }
+            }
+        )*};
+    }
+    rows!(0 1 2 3 4 5 6 7 8 9 10 11);
 }
 
 /// [`store_avx512`] for the 6 x 16 AVX2 tile (vector `i` is row `i / 2`, columns
 /// `8 (i % 2)..+8`), with AVX2's masked loads and stores.
 ///
 /// # Safety
-/// See [`Microkernel::run`]; the CPU must have AVX2.
-#[inline]
-#[target_feature(enable = "avx2")]
+/// See [`Microkernel::run`]; the CPU must have AVX2, and the caller is compiled for it.
+#[inline(always)]
 unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store) {
     let first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     // Lane j of half h is written when 8 h + j < cols.
@@ -297,7 +318,10 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
         })
     };
     let epilogue = store.has_epilogue();
-    for (i, pair) in acc.chunks_exact(2).enumerate().take(store.rows) {
+    macro_rules! row {
+        ($i:expr, $pair:expr) => {{
+        let i: usize = $i;
+        let pair: [__m256; 2] = $pair;
         for (h, &v) in pair.iter().enumerate() {
             unsafe {
                 let at = c.wrapping_add(i * ldc + 8 * h);
@@ -322,5 +346,15 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
                 _mm256_maskstore_ps(at, mask[h], v);
             }
         }
+        }};
     }
+    // By constant index, as in `store_avx512`.
+    macro_rules! rows {
+        ($($i:literal)*) => {$(
+            if $i < store.rows {
+                row!($i, [acc[2 * $i], acc[2 * $i + 1]]);
+            }
+        )*};
+    }
+    rows!(0 1 2 3 4 5);
 }
