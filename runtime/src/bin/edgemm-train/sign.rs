@@ -550,7 +550,13 @@ fn report(
     };
     for (name, rows) in [("val", &f.val), scored] {
         let actual: Vec<u32> = rows.iter().map(|&i| f.y[i]).collect();
-        let (accuracy, recall) = data::recall_report(&predict(rows)?, &actual, labels);
+        // 64 photos at a time: the fine-tuned tail on hundreds of trunk outputs at once took
+        // more memory than the machine had (a cross-validation run was killed).
+        let mut predicted = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(64) {
+            predicted.extend(predict(chunk)?);
+        }
+        let (accuracy, recall) = data::recall_report(&predicted, &actual, labels);
         let recall: Vec<String> = recall.iter().map(|r| format!("{r:.3}")).collect();
         println!(
             "{what}: {name} accuracy {accuracy:.4} on {} photos; recall per class {}",
