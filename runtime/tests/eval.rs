@@ -79,17 +79,17 @@ fn sign_language_on_the_shipped_samples() {
     for class in report["classes"].as_array().unwrap() {
         assert_eq!(class["support"], 10, "{class}");
     }
-    // Measured: 97/100 (these photos are part of the 300-photo test split; the three misses
-    // are listed in the README's model card).
-    assert!(accuracy(&report) >= 0.97, "{report}");
+    // Measured: 99/100 (these photos are part of the 300-photo test split; the miss, a 4
+    // taken for a 9, is listed in the README's model card).
+    assert!(accuracy(&report) >= 0.99, "{report}");
     let confusion = report["confusion"].as_array().unwrap();
     assert_eq!(confusion.len(), 10);
     assert!(report["throughput"].as_f64().unwrap() > 0.0);
 }
 
-/// Acceptance 2 of issue #3, from the artifact alone. Measured: 292/300 = 97.3%, recall of
-/// digit 3 27/30 = 90.0%, every other digit >= 93.3%. Neither target (98%, 93% per digit) is
-/// met yet, so this holds the shipped model to what it measures, and the issue stays open.
+/// Acceptance 2 of issue #3, from the artifact alone: >= 98% of the 300 test photos and
+/// >= 93% recall for every digit. Measured: 295/300 = 98.3%, worst recall 28/30 = 93.3%
+/// (digits 6 and 7).
 #[test]
 fn sign_language_on_the_full_test_split() {
     let Some(data) = shared_data() else {
@@ -107,9 +107,9 @@ fn sign_language_on_the_full_test_split() {
         ],
     );
     assert_eq!(report["images"], 300, "{report}");
-    assert!(accuracy(&report) >= 0.97, "{report}");
+    assert!(accuracy(&report) >= 0.98, "{report}");
     let (label, recall) = worst_recall(&report);
-    assert!(recall >= 0.899, "recall of {label} is {recall}: {report}");
+    assert!(recall >= 0.93, "recall of {label} is {recall}: {report}");
 }
 
 #[test]

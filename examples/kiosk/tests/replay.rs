@@ -86,9 +86,8 @@ fn check_shape(report: &Report, photos: usize) {
     assert_eq!(report.stats.frames_failed, 0);
 }
 
-/// Measured: 96/100 holds correct, no flicker, 12 processed frames per hold. The misses are
-/// photos the model gets wrong or is unsure of under jitter (8 shown as 7, 5 as 4, 3 as 2,
-/// and one 3 left at "no sign"); `edgemm eval` on the unjittered photos gets 97/100. The floor
+/// Measured: 100/100 holds correct, no flicker, 12 processed frames per hold (`edgemm eval` on
+/// the unjittered photos gets 99/100: the 4 it takes for a 9 is right under jitter). The floor
 /// leaves one hold for the frames the idle worker may or may not take.
 #[test]
 fn sign_language_replay_of_the_shipped_samples() {
@@ -96,13 +95,13 @@ fn sign_language_replay_of_the_shipped_samples() {
     let photos = replay::photos_in(&dir).unwrap();
     let report = replay("shipped samples, NV12", photos, PixelFormat::Nv12);
     check_shape(&report, 100);
-    assert!(report.score.unwrap().accuracy() >= 0.95);
+    assert!(report.score.unwrap().accuracy() >= 0.99);
 }
 
-/// Acceptance 4 asks for >= 98% of holds. Measured: 287/300 (95.7%), no flicker, 12
-/// processed frames per hold; the model alone is 97.3% right per photo on this split (292/300),
-/// and jitter turns a few more into wrong digits or "no sign" (3 shown as 2 three times,
-/// 7 as 8, 8 as 7). The floor leaves a hold of slack; the gap to 98% is the model's.
+/// Acceptance 4 of issue #6: >= 98% of holds correct, no flicker. Measured: 295/300 (98.3%),
+/// no flicker, 12 processed frames per hold; the misses are 3 left at "no sign", 7 shown as 8
+/// twice and 6 as 2 twice (the model alone is 98.3% right per photo on this split). The floor
+/// is the target, one hold below the measurement.
 #[test]
 fn sign_language_replay_of_the_test_split() {
     let Some(data) = edgemm_kiosk::shared_data() else {
@@ -115,5 +114,5 @@ fn sign_language_replay_of_the_test_split() {
     assert_eq!(photos.len(), 300);
     let report = replay("test split, YUYV", photos, PixelFormat::Yuyv);
     check_shape(&report, 300);
-    assert!(report.score.unwrap().accuracy() >= 0.95);
+    assert!(report.score.unwrap().accuracy() >= 0.98);
 }

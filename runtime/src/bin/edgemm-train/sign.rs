@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// After the head, fine-tune blocks N..16, the head convolution and `_fc` (16: head only)
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 8)]
     fine_tune_from: usize,
     #[arg(long, default_value_t = 6)]
     fine_tune_epochs: usize,
