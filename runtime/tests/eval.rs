@@ -87,9 +87,9 @@ fn sign_language_on_the_shipped_samples() {
     assert!(report["throughput"].as_f64().unwrap() > 0.0);
 }
 
-/// Acceptance 2 of issue #3, from the artifact alone: >= 98% of the 300 test photos and
-/// >= 93% recall for every digit. Measured: 295/300 = 98.3%, worst recall 28/30 = 93.3%
-/// (digits 6 and 7).
+/// Acceptance 2 of issue #3, from the artifact alone: at least 98% of the 300 test photos
+/// and at least 93% recall for every digit. Measured: 295/300 = 98.3%, worst recall 28/30 =
+/// 93.3% (digits 6 and 7).
 #[test]
 fn sign_language_on_the_full_test_split() {
     let Some(data) = shared_data() else {

@@ -582,6 +582,9 @@ fn resize_with(
     if sw == 0 || sh == 0 || tw == 0 || th == 0 {
         return;
     }
+    // Only x86_64 has a SIMD build of the resize.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd;
     let (s, d) = placement(sw, sh, tw, th, mode);
     let sx = s.w as f32 / d.w as f32;
     let sy = s.h as f32 / d.h as f32;
