@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernels::conv::Conv;
 use crate::kernels::dense::Dense;
 use crate::kernels::depthwise::Depthwise;
+use crate::kernels::mbconv::MbConv;
 use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, DepthwiseConv2d, Padding};
 use crate::plan::{self, Plan, PlanBuilder, Value};
@@ -363,22 +364,22 @@ fn conv_bn(
     ))
 }
 
-/// One block for the fast CPU kernels: expand (1x1), depthwise, project (1x1) with the
-/// residual add fused into the projection's output.
+/// One block for the fast CPU kernels: expand (1x1), depthwise and project (1x1), with the
+/// residual add, as one fused step ([`MbConv`]).
 fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder) -> Result<Value> {
     let isa = b.isa();
     let hidden = shape.hidden();
-    let mut y = x;
-    if shape.expand != 1 {
-        let expand = conv_bn(
+    let expand = if shape.expand != 1 {
+        Some(conv_bn(
             vb,
             ("_expand_conv", "_bn0"),
             (shape.c_in, hidden, 1, 1),
             Activation::Relu6,
             isa,
-        )?;
-        y = b.conv(y, expand, None);
-    }
+        )?)
+    } else {
+        None
+    };
     let (k, s) = (shape.kernel, shape.stride);
     let mut weight = plan::load(&vb.pp("_depthwise_conv"), &[hidden, 1, k, k], "weight")?;
     let mut bias = vec![0f32; hidden];
@@ -390,7 +391,6 @@ fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder)
         Padding::TfSame,
         Activation::Relu6,
     );
-    y = b.depthwise(y, depthwise);
     let project = conv_bn(
         vb,
         ("_project_conv", "_bn2"),
@@ -399,7 +399,7 @@ fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder)
         isa,
     )?;
     let residual = (shape.stride == 1 && shape.c_in == shape.c_out).then_some(x);
-    Ok(b.conv(y, project, residual))
+    Ok(b.mbconv(x, MbConv::new(expand, depthwise, project), residual))
 }
 
 /// The network for the fast CPU kernels.

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 
 use crate::kernels::conv::Conv;
 use crate::kernels::dense::Dense;
-use crate::kernels::depthwise::Depthwise;
+use crate::kernels::mbconv::MbConv;
 use crate::kernels::{pool, Isa};
 use crate::{layers, Classifier, Error, Result};
 
@@ -27,7 +27,7 @@ type Shape = (usize, usize, usize, usize);
 
 enum Op {
     Conv(Conv),
-    Depthwise(Depthwise),
+    MbConv(Box<MbConv>),
     MaxPool2x2,
     GlobalAvgPool,
     Dense(Dense),
@@ -37,7 +37,7 @@ impl Op {
     fn name(&self) -> String {
         match self {
             Op::Conv(c) => format!("conv{}x{}s{}", c.kernel, c.kernel, c.stride),
-            Op::Depthwise(_) => "depthwise".into(),
+            Op::MbConv(_) => "mbconv".into(),
             Op::MaxPool2x2 => "maxpool".into(),
             Op::GlobalAvgPool => "avgpool".into(),
             Op::Dense(_) => "dense".into(),
@@ -88,8 +88,9 @@ impl PlanBuilder {
         self.push(Op::Conv(conv), x, residual)
     }
 
-    pub fn depthwise(&mut self, x: Value, dw: Depthwise) -> Value {
-        self.push(Op::Depthwise(dw), x, None)
+    /// A fused inverted-residual block; `residual` as for [`PlanBuilder::conv`].
+    pub fn mbconv(&mut self, x: Value, block: MbConv, residual: Option<Value>) -> Value {
+        self.push(Op::MbConv(Box::new(block)), x, residual)
     }
 
     pub fn max_pool_2x2(&mut self, x: Value) -> Value {
@@ -184,9 +185,9 @@ impl Plan {
                     let g = c.geometry((s.0, s.1, s.2));
                     (n, g.out_height, g.out_width, c.c_out)
                 }
-                Op::Depthwise(d) => {
-                    let g = d.geometry((s.0, s.1, s.2));
-                    (n, g.out_height, g.out_width, d.channels)
+                Op::MbConv(b) => {
+                    let (oh, ow) = b.out_size((s.0, s.1, s.2));
+                    (n, oh, ow, b.c_out())
                 }
                 Op::MaxPool2x2 => (n, s.1 / 2, s.2 / 2, s.3),
                 Op::GlobalAvgPool => (n, 1, 1, s.3),
@@ -244,7 +245,10 @@ impl Plan {
                 let residual = step.residual.map(|r| &bufs[self.buffers[r.0]][..]);
                 c.run(isa, input, (s.0, s.1, s.2), &mut output, residual)
             }
-            Op::Depthwise(d) => d.run(isa, input, (s.0, s.1, s.2), &mut output),
+            Op::MbConv(b) => {
+                let residual = step.residual.map(|r| &bufs[self.buffers[r.0]][..]);
+                b.run(isa, input, (s.0, s.1, s.2), &mut output, residual)
+            }
             Op::MaxPool2x2 => pool::max_pool_2x2(isa, input, s, &mut output),
             Op::GlobalAvgPool => pool::global_avg_pool(isa, input, s, &mut output),
             Op::Dense(d) => d.run(isa, input, s.0, &mut output),

@@ -240,6 +240,49 @@ impl Conv {
         Geometry::new((n, h, w, self.c_in), self.kernel, self.stride, self.padding)
     }
 
+    /// Whether this is a 1x1 stride-1 unpadded convolution: a product of each pixel's
+    /// channels with a matrix, which [`Conv::pointwise_serial`] computes.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kernel == 1
+            && self.stride == 1
+            && self.padding.resolve(1, 1, 1) == (0, 0, 1)
+            && matches!(self.algorithm, Algorithm::Im2col(_))
+    }
+
+    /// `output = activation(input · weights + bias) + residual` for a pointwise convolution
+    /// ([`Conv::is_pointwise`]) of `pixels` NHWC pixels, on the calling thread alone: for a
+    /// kernel that shares out work of its own (a fused block's bands).
+    pub(crate) fn pointwise_serial(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        pixels: usize,
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let Algorithm::Im2col(weights) = &self.algorithm else {
+            panic!("pointwise_serial on a Winograd convolution");
+        };
+        assert!(
+            self.is_pointwise(),
+            "pointwise_serial on a {}x{} convolution",
+            self.kernel,
+            self.kernel
+        );
+        let a = gemm::RowMajor {
+            data: &input[..pixels * self.c_in],
+            rows: pixels,
+            cols: self.c_in,
+        };
+        let epilogue = Epilogue {
+            bias: Some(&self.bias),
+            activation: self.activation,
+            residual,
+        };
+        let strips = self.c_out.div_ceil(weights.nr());
+        gemm::gemm_serial(isa, &a, weights, output, 0..strips, &epilogue);
+    }
+
     /// Bytes of packed weights and bias.
     pub fn bytes(&self) -> usize {
         let weights = match &self.algorithm {

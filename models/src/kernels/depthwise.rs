@@ -72,7 +72,7 @@ impl Depthwise {
         let output = &mut output[..g.batch * g.out_height * row];
         let run = |(r, out): (usize, &mut [f32])| {
             let (image, oy) = (r / g.out_height, r % g.out_height);
-            depthwise_row(isa, self, &g, input, image, oy, out);
+            depthwise_row(isa, self, &g, input, image, 0, oy, out);
         };
         // A depthwise multiply-add loads its input (no register blocking over output
         // channels as in the GEMM), so it is weighted like the matrix-vector product's.
@@ -90,16 +90,20 @@ const LANES: usize = 16;
 const GROUP: usize = 4;
 
 multiversion! {
-    /// One output row `(image, oy)` of a depthwise convolution.
+    /// One output row `(image, oy)` of a depthwise convolution, reading an `input` that starts
+    /// at row `first_row` of the image (0 for a whole NHWC tensor; a fused block passes the
+    /// band of rows it holds, with `image` 0).
     ///
     /// Channels go in blocks of [`LANES`] whose sums stay in registers across all taps, so a
     /// tap costs two loads and a multiply-add; the taps that fall in the padding are cut off
     /// once per pixel rather than tested one by one.
-    fn depthwise_row(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn depthwise_row(
         dw: &Depthwise,
         g: &Geometry,
         input: &[f32],
         image: usize,
+        first_row: usize,
         oy: usize,
         out: &mut [f32],
     ) {
@@ -126,7 +130,7 @@ multiversion! {
                 let mut acc = [bias; GROUP];
                 for ky in taps_y.clone() {
                     let iy = oy * s + ky - g.pad_top;
-                    let row = ((image * g.height + iy) * g.width + x0) * c + c0;
+                    let row = ((image * g.height + iy - first_row) * g.width + x0) * c + c0;
                     // The input this row of taps reads for the GROUP pixels, and the row's
                     // weights: checked once here rather than at every load below.
                     let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
@@ -160,7 +164,7 @@ multiversion! {
             let x0 = ox * s + taps_x.start - g.pad_left;
             let at = move |ky: usize| {
                 let iy = oy * s + ky - g.pad_top;
-                ((image * g.height + iy) * g.width + x0) * c
+                ((image * g.height + iy - first_row) * g.width + x0) * c
             };
             (taps_x, at)
         };

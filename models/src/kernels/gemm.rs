@@ -377,24 +377,33 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     }
 }
 
-/// `c[M x N] = a · b` for the column strips `strips` (of [`PackedB::nr`] columns each) only,
-/// on the calling thread alone: for kernels that share out work of their own (Winograd's
-/// tiles).
+/// `c[M x N] = epilogue(a · b)` for the column strips `strips` (of [`PackedB::nr`] columns
+/// each) only, on the calling thread alone: for kernels that share out work of their own
+/// (Winograd's tiles, the bands of a fused block).
 pub(crate) fn gemm_serial(
     isa: Isa,
     a: &dyn PackA,
     b: &PackedB,
     c: &mut [f32],
     strips: std::ops::Range<usize>,
+    epilogue: &Epilogue,
 ) {
     let (m, n) = (a.rows(), b.n);
     assert_eq!(b.isa, isa, "weights packed for another instruction set");
     assert_eq!(a.depth(), b.k, "inner dimensions differ");
     assert!(c.len() >= m * n, "output too small");
     assert!(strips.end <= n.div_ceil(b.nr), "strips out of range");
+    assert!(epilogue.bias.is_none_or(|b| b.len() >= n), "bias too small");
+    assert!(
+        epilogue.residual.is_none_or(|r| r.len() >= m * n),
+        "residual too small"
+    );
+    if m == 0 {
+        return;
+    }
     let mk = Microkernel::for_isa(isa);
     // SAFETY: the whole of `c`, borrowed mutably here, is written by this thread only.
-    unsafe { gemm_block(mk, a, b, c.as_mut_ptr(), 0..m, strips, &Epilogue::NONE) };
+    unsafe { gemm_block(mk, a, b, c.as_mut_ptr(), 0..m, strips, epilogue) };
 }
 
 /// One block of rows and column strips, serially.

@@ -12,6 +12,8 @@
 //! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(4x4, 3x3) (or F(2x2, 3x3)), 4x (2.25x)
 //!   fewer multiplies;
 //! - [`depthwise`]: depthwise convolution vectorised over channels;
+//! - [`mbconv`]: an inverted-residual block (expand, depthwise, project) fused band by band,
+//!   so its wide intermediate tensors never leave the cache;
 //! - [`dense`]: fully connected layers;
 //! - [`pool`]: 2x2 max pooling and global average pooling.
 //!
@@ -29,6 +31,7 @@ pub mod dense;
 pub mod depthwise;
 pub mod gemm;
 mod generic;
+pub mod mbconv;
 pub mod pool;
 pub mod winograd;
 
