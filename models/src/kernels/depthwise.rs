@@ -135,14 +135,22 @@ multiversion! {
                     // weights: checked once here rather than at every load below.
                     let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
                     let w = &dw.weights[ky * k * c + c0..][..(k - 1) * c + LANES];
-                    for kx in 0..k {
-                        // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read of `w`.
-                        let w = unsafe { load(w, kx * c) };
-                        for (q, acc) in acc.iter_mut().enumerate() {
-                            // SAFETY: q < GROUP and kx < k bound it by `x`'s length.
-                            let x = unsafe { load(x, (q * s + kx) * c) };
-                            for l in 0..LANES {
-                                acc[l] += x[l] * w[l];
+                    match (k, s) {
+                        (3, 1) => tap_row::<3, 1>(&mut acc, x, w, c),
+                        (3, 2) => tap_row::<3, 2>(&mut acc, x, w, c),
+                        (5, 1) => tap_row::<5, 1>(&mut acc, x, w, c),
+                        (5, 2) => tap_row::<5, 2>(&mut acc, x, w, c),
+                        _ => {
+                            for kx in 0..k {
+                                // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read.
+                                let w = unsafe { load(w, kx * c) };
+                                for (q, acc) in acc.iter_mut().enumerate() {
+                                    // SAFETY: q < GROUP and kx < k bound it by `x`'s length.
+                                    let x = unsafe { load(x, (q * s + kx) * c) };
+                                    for l in 0..LANES {
+                                        acc[l] += x[l] * w[l];
+                                    }
+                                }
                             }
                         }
                     }
@@ -208,6 +216,33 @@ multiversion! {
                     }
                 }
                 dw.activation.apply(acc);
+            }
+        }
+    }
+}
+
+/// One row of `K` taps for the `GROUP` pixels of a group, stride `S`, with `x` and `w` as
+/// [`depthwise_row`] slices them. With the window known at compile time the loops unroll,
+/// and at stride 1 an input column shared by neighbouring pixels' taps (pixel `q`'s tap `kx`
+/// is pixel `q + 1`'s tap `kx - 1`) is loaded once: `GROUP + K - 1` input loads instead of
+/// `GROUP * K`.
+#[inline(always)]
+fn tap_row<const K: usize, const S: usize>(
+    acc: &mut [[f32; LANES]; GROUP],
+    x: &[f32],
+    w: &[f32],
+    c: usize,
+) {
+    assert!(x.len() >= ((GROUP - 1) * S + K - 1) * c + LANES && w.len() >= (K - 1) * c + LANES);
+    for kx in 0..K {
+        // SAFETY: kx < K, bounded by the assert.
+        let w = unsafe { load(w, kx * c) };
+        for (q, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: q < GROUP and kx < K, bounded by the assert. Unrolled, the loads of one
+            // column by several (q, kx) pairs are the same expression, loaded once.
+            let x = unsafe { load(x, (q * S + kx) * c) };
+            for l in 0..LANES {
+                acc[l] += x[l] * w[l];
             }
         }
     }
