@@ -23,7 +23,14 @@ impl Padding {
     /// Zeros before and after along one spatial dimension, and the output length.
     pub(crate) fn resolve(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
         match self {
-            Padding::Symmetric(p) => (p, p, (len + 2 * p - kernel) / stride + 1),
+            // An input smaller than the window gives no output (0), for the caller to refuse.
+            Padding::Symmetric(p) => (
+                p,
+                p,
+                (len + 2 * p)
+                    .checked_sub(kernel)
+                    .map_or(0, |span| span / stride + 1),
+            ),
             Padding::TfSame => {
                 let out = len.div_ceil(stride);
                 let total = ((out - 1) * stride + kernel).saturating_sub(len);
