@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kernels::conv::Conv;
 use crate::kernels::dense::Dense;
-use crate::kernels::depthwise::Depthwise;
-use crate::kernels::mbconv::MbConv;
+use crate::kernels::mbconv::{MbConv, MbConvWeights};
 use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, DepthwiseConv2d, Padding};
 use crate::plan::{self, Plan, PlanBuilder, Value};
@@ -342,17 +341,28 @@ impl Classifier for EfficientNetLite0 {
     }
 }
 
+/// The OIHW weight of a bias-free convolution (`vb.pp(conv)`) and the bias of its batch norm
+/// (`vb.pp(bn)`), folded together.
+fn folded(
+    vb: &VarBuilder,
+    (conv, bn): (&str, &str),
+    shape: [usize; 4],
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let mut weight = plan::load(&vb.pp(conv), &shape, "weight")?;
+    let mut bias = vec![0f32; shape[0]];
+    plan::fold_batch_norm(&vb.pp(bn), BN_EPS, &mut weight, &mut bias)?;
+    Ok((weight, bias))
+}
+
 /// A bias-free convolution (`vb.pp(conv)`) with its batch norm (`vb.pp(bn)`) folded in.
 fn conv_bn(
     vb: &VarBuilder,
-    (conv, bn): (&str, &str),
+    names: (&str, &str),
     (c_in, c_out, kernel, stride): (usize, usize, usize, usize),
     activation: Activation,
     isa: Isa,
 ) -> Result<Conv> {
-    let mut weight = plan::load(&vb.pp(conv), &[c_out, c_in, kernel, kernel], "weight")?;
-    let mut bias = vec![0f32; c_out];
-    plan::fold_batch_norm(&vb.pp(bn), BN_EPS, &mut weight, &mut bias)?;
+    let (weight, bias) = folded(vb, names, [c_out, c_in, kernel, kernel])?;
     Ok(Conv::new(
         isa,
         &weight,
@@ -365,41 +375,31 @@ fn conv_bn(
 }
 
 /// One block for the fast CPU kernels: expand (1x1), depthwise and project (1x1), with the
-/// residual add, as one fused step ([`MbConv`]).
+/// residual add, as one fused step ([`MbConv`]), its hidden channels cut into a part per
+/// thread of the pool.
 fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder) -> Result<Value> {
-    let isa = b.isa();
-    let hidden = shape.hidden();
+    let (c_in, hidden, c_out) = (shape.c_in, shape.hidden(), shape.c_out);
+    let (k, s) = (shape.kernel, shape.stride);
     let expand = if shape.expand != 1 {
-        Some(conv_bn(
-            vb,
-            ("_expand_conv", "_bn0"),
-            (shape.c_in, hidden, 1, 1),
-            Activation::Relu6,
-            isa,
-        )?)
+        Some(folded(vb, ("_expand_conv", "_bn0"), [hidden, c_in, 1, 1])?)
     } else {
         None
     };
-    let (k, s) = (shape.kernel, shape.stride);
-    let mut weight = plan::load(&vb.pp("_depthwise_conv"), &[hidden, 1, k, k], "weight")?;
-    let mut bias = vec![0f32; hidden];
-    plan::fold_batch_norm(&vb.pp("_bn1"), BN_EPS, &mut weight, &mut bias)?;
-    let depthwise = Depthwise::new(
-        &weight,
-        bias,
-        (hidden, k, s),
+    let weights = MbConvWeights {
+        expand,
+        depthwise: folded(vb, ("_depthwise_conv", "_bn1"), [hidden, 1, k, k])?,
+        project: folded(vb, ("_project_conv", "_bn2"), [c_out, hidden, 1, 1])?,
+    };
+    let block = MbConv::new(
+        b.isa(),
+        &weights,
+        (c_in, hidden, c_out),
+        (k, s),
         Padding::TfSame,
-        Activation::Relu6,
+        rayon::current_num_threads(),
     );
-    let project = conv_bn(
-        vb,
-        ("_project_conv", "_bn2"),
-        (hidden, shape.c_out, 1, 1),
-        Activation::None,
-        isa,
-    )?;
-    let residual = (shape.stride == 1 && shape.c_in == shape.c_out).then_some(x);
-    Ok(b.mbconv(x, MbConv::new(expand, depthwise, project), residual))
+    let residual = (s == 1 && c_in == c_out).then_some(x);
+    Ok(b.mbconv(x, block, residual))
 }
 
 /// The network for the fast CPU kernels.

@@ -280,7 +280,7 @@ impl Conv {
             residual,
         };
         let strips = self.c_out.div_ceil(weights.nr());
-        gemm::gemm_serial(isa, &a, weights, output, 0..strips, &epilogue);
+        gemm::gemm_serial(isa, &a, weights, output, 0..strips, &epilogue, false);
     }
 
     /// Bytes of packed weights and bias.

@@ -367,7 +367,7 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
         let cols = cb * strips_per_block..((cb + 1) * strips_per_block).min(strips);
         // SAFETY: blocks cover disjoint (rows, strips) rectangles of `c`, which outlives the
         // parallel loop, so each tile written below is written by one thread only.
-        unsafe { gemm_block(mk, a, b, out.get(), rows, cols, epilogue) };
+        unsafe { gemm_block(mk, a, b, out.get(), rows, cols, epilogue, false) };
     };
     let blocks = row_blocks * col_blocks;
     if blocks == 1 || !par {
@@ -377,9 +377,9 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     }
 }
 
-/// `c[M x N] = epilogue(a · b)` for the column strips `strips` (of [`PackedB::nr`] columns
-/// each) only, on the calling thread alone: for kernels that share out work of their own
-/// (Winograd's tiles, the bands of a fused block).
+/// `c[M x N] = epilogue(a · b)` (or `epilogue(c + a · b)` when `accumulate`) for the column
+/// strips `strips` (of [`PackedB::nr`] columns each) only, on the calling thread alone: for
+/// kernels that share out work of their own (Winograd's tiles, the bands of a fused block).
 pub(crate) fn gemm_serial(
     isa: Isa,
     a: &dyn PackA,
@@ -387,6 +387,7 @@ pub(crate) fn gemm_serial(
     c: &mut [f32],
     strips: std::ops::Range<usize>,
     epilogue: &Epilogue,
+    accumulate: bool,
 ) {
     let (m, n) = (a.rows(), b.n);
     assert_eq!(b.isa, isa, "weights packed for another instruction set");
@@ -403,10 +404,10 @@ pub(crate) fn gemm_serial(
     }
     let mk = Microkernel::for_isa(isa);
     // SAFETY: the whole of `c`, borrowed mutably here, is written by this thread only.
-    unsafe { gemm_block(mk, a, b, c.as_mut_ptr(), 0..m, strips, epilogue) };
+    unsafe { gemm_block(mk, a, b, c.as_mut_ptr(), 0..m, strips, epilogue, accumulate) };
 }
 
-/// One block of rows and column strips, serially.
+/// One block of rows and column strips, serially; `accumulate` adds to what `c` holds.
 ///
 /// # Safety
 /// `c` points to an `M x N` row-major buffer of which this call alone writes the rectangle
@@ -420,6 +421,7 @@ unsafe fn gemm_block(
     rows: std::ops::Range<usize>,
     strips: std::ops::Range<usize>,
     epilogue: &Epilogue,
+    accumulate: bool,
 ) {
     let (k, n, nr, mr) = (b.k, b.n, mk.nr, mk.mr);
     let k_blocks = k.div_ceil(KC).max(1);
@@ -453,7 +455,8 @@ unsafe fn gemm_block(
                 let cols = nr.min(n - col0);
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
-                    let mut store = Store::plain(mr.min(rows.end - row0), cols, kb > 0);
+                    let mut store =
+                        Store::plain(mr.min(rows.end - row0), cols, kb > 0 || accumulate);
                     if last {
                         store.bias = epilogue
                             .bias

@@ -183,7 +183,7 @@ impl Winograd {
                         cols: self.c_in,
                     };
                     let c = &mut mm[t * count * self.c_out..(t + 1) * count * self.c_out];
-                    gemm::gemm_serial(isa, &a, u, c, strips.clone(), &Epilogue::NONE);
+                    gemm::gemm_serial(isa, &a, u, c, strips.clone(), &Epilogue::NONE, false);
                 }
                 let epilogue = Epilogue {
                     bias: Some(bias),
