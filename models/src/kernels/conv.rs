@@ -7,6 +7,7 @@
 //! `[pixels, c_in]` left operand. 3x3 stride-1
 //! convolutions with enough input channels go through [`Winograd`] instead.
 
+use super::direct::DirectWeights;
 use super::gemm::{self, Epilogue, PackA, PackedB};
 use super::winograd::{Tile, Winograd};
 use super::{Activation, Isa};
@@ -141,11 +142,18 @@ const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// F(2x2, 3x3) (see [`super::winograd`] for what it costs in rounding and memory).
 const WINOGRAD_TILE: Tile = Tile::F4;
 
+/// Up to this many input channels (an RGB network's first layer) a convolution wider than
+/// 1x1 with at most 32 output channels runs as a direct convolution ([`super::direct`]):
+/// packing its im2col panels would cost more than its multiplies. (alexnet-small's 64-channel
+/// first layer measured faster through the GEMM: 87 -> 139 us direct.)
+const DIRECT_MAX_CHANNELS: (usize, usize) = (4, 32);
+
 /// How a [`Conv`] computes.
 enum Algorithm {
     /// Implicit im2col and one GEMM; the weights packed as its right operand.
     Im2col(PackedB),
     Winograd(Winograd),
+    Direct(DirectWeights),
 }
 
 /// A convolution with its weights packed for its algorithm (batch norm already folded in).
@@ -162,8 +170,8 @@ pub struct Conv {
 
 impl Conv {
     /// `weight` is OIHW `[c_out, c_in, kernel, kernel]` (PyTorch's layout), `bias` `[c_out]`.
-    /// 3x3 stride-1 convolutions with at least 16 input channels use Winograd, the others
-    /// im2col.
+    /// 3x3 stride-1 convolutions with at least 16 input channels use Winograd, wider than 1x1
+    /// ones with few channels ([`DIRECT_MAX_CHANNELS`]) the direct kernel, the others im2col.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         isa: Isa,
@@ -189,6 +197,18 @@ impl Conv {
                     c_in,
                     c_out,
                 )),
+                bias,
+                activation,
+            }
+        } else if kernel > 1 && c_in <= DIRECT_MAX_CHANNELS.0 && c_out <= DIRECT_MAX_CHANNELS.1 {
+            assert_eq!(bias.len(), c_out);
+            Self {
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                padding,
+                algorithm: Algorithm::Direct(DirectWeights::new(weight, (c_in, c_out, kernel))),
                 bias,
                 activation,
             }
@@ -288,6 +308,7 @@ impl Conv {
         let weights = match &self.algorithm {
             Algorithm::Im2col(w) => w.bytes(),
             Algorithm::Winograd(w) => w.bytes(),
+            Algorithm::Direct(w) => w.bytes(),
         };
         weights + 4 * self.bias.len()
     }
@@ -321,6 +342,15 @@ impl Conv {
                 self.activation,
                 residual,
                 output,
+            ),
+            Algorithm::Direct(w) => w.run(
+                isa,
+                &geometry,
+                input,
+                &self.bias,
+                self.activation,
+                output,
+                residual,
             ),
         }
     }

@@ -262,7 +262,7 @@ unsafe fn load(v: &[f32], at: usize) -> [f32; LANES] {
 /// The taps `t` of a `k`-tap window starting at padded position `start` whose input position
 /// `start + t - pad` lies inside `0..size`.
 #[inline(always)]
-fn tap_range(start: usize, pad: usize, size: usize, k: usize) -> std::ops::Range<usize> {
+pub(crate) fn tap_range(start: usize, pad: usize, size: usize, k: usize) -> std::ops::Range<usize> {
     let first = pad.saturating_sub(start);
     let last = (size + pad).saturating_sub(start).min(k);
     first..last.max(first)

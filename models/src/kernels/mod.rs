@@ -12,6 +12,7 @@
 //! - [`winograd`]: 3x3 stride-1 convolution as Winograd F(4x4, 3x3) (or F(2x2, 3x3)), 4x (2.25x)
 //!   fewer multiplies;
 //! - [`depthwise`]: depthwise convolution vectorised over channels;
+//! - [`direct`]: direct convolution for a first layer's few channels;
 //! - [`mbconv`]: an inverted-residual block (expand, depthwise, project) fused band by band,
 //!   so its wide intermediate tensors never leave the cache;
 //! - [`dense`]: fully connected layers;
@@ -29,6 +30,7 @@
 pub mod conv;
 pub mod dense;
 pub mod depthwise;
+pub mod direct;
 pub mod gemm;
 mod generic;
 pub mod mbconv;

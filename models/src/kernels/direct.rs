@@ -1,0 +1,318 @@
+//! Direct convolution for layers with very few input channels: a network's first layer, on
+//! RGB.
+//!
+//! With 3 input channels a GEMM's depth is `k * k * 3` (27 for a 3x3 window), and packing its
+//! left operand (an im2col gather of 3-value runs) costs more than the multiplies: the
+//! EfficientNet stem took 0.6-0.7 ms for its 11 M multiply-adds, packing most of it. Here
+//! each input value is broadcast and multiplied straight into the output channels' sums,
+//! [`LANES`] channels per register block and [`GROUP`] neighbouring pixels together, so each
+//! weight load serves
+//! several pixels. Output rows are shared out over rayon's pool.
+
+use rayon::prelude::*;
+
+use super::conv::Geometry;
+use super::depthwise::tap_range;
+use super::{parallel, Activation, Isa};
+
+/// Output channels per register block.
+const LANES: usize = 16;
+/// Output pixels computed together.
+const GROUP: usize = 4;
+
+/// Weights of a direct convolution, `[ky][kx][c_in][c_out]` with `c_out` padded with zeros
+/// to whole [`LANES`] blocks.
+pub struct DirectWeights {
+    weights: Vec<f32>,
+    c_out: usize,
+    padded: usize,
+}
+
+impl DirectWeights {
+    /// `weight` is OIHW `[c_out, c_in, kernel, kernel]`.
+    pub fn new(weight: &[f32], (c_in, c_out, kernel): (usize, usize, usize)) -> Self {
+        let kk = kernel * kernel;
+        assert_eq!(weight.len(), c_out * c_in * kk);
+        let padded = c_out.div_ceil(LANES) * LANES;
+        let mut weights = vec![0f32; kk * c_in * padded];
+        for o in 0..c_out {
+            for ci in 0..c_in {
+                for tap in 0..kk {
+                    weights[(tap * c_in + ci) * padded + o] = weight[(o * c_in + ci) * kk + tap];
+                }
+            }
+        }
+        Self {
+            weights,
+            c_out,
+            padded,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        4 * self.weights.len()
+    }
+
+    /// `output = activation(conv(input) + bias) + residual`, NHWC in and out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        isa: Isa,
+        g: &Geometry,
+        input: &[f32],
+        bias: &[f32],
+        activation: Activation,
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        assert_eq!(bias.len(), self.c_out);
+        assert!(
+            input.len() >= g.batch * g.height * g.width * g.c_in,
+            "input too small"
+        );
+        let row = g.out_width * self.c_out;
+        let output = &mut output[..g.batch * g.out_height * row];
+        if let Some(r) = residual {
+            assert!(r.len() >= output.len(), "residual too small");
+        }
+        // Bias padded like the weights, so that every block adds a whole vector.
+        let mut padded_bias = vec![0f32; self.padded];
+        padded_bias[..self.c_out].copy_from_slice(bias);
+        let run = |(r, out): (usize, &mut [f32])| {
+            let (image, oy) = (r / g.out_height, r % g.out_height);
+            direct_row(isa, self, g, input, &padded_bias, (image, oy), out);
+            activation.apply(out);
+            if let Some(res) = residual {
+                out.iter_mut()
+                    .zip(&res[r * row..(r + 1) * row])
+                    .for_each(|(o, v)| *o += *v);
+            }
+        };
+        let work = output.len() * g.kernel * g.kernel * g.c_in;
+        if parallel(work) {
+            output.par_chunks_mut(row).enumerate().for_each(run);
+        } else {
+            output.chunks_mut(row).enumerate().for_each(run);
+        }
+    }
+}
+
+/// One output row `(image, oy)`, bias added, before the activation, compiled for `isa`.
+fn direct_row(
+    isa: Isa,
+    dw: &DirectWeights,
+    g: &Geometry,
+    input: &[f32],
+    bias: &[f32],
+    pixel_row: (usize, usize),
+    out: &mut [f32],
+) {
+    // Unlike the other kernels' `multiversion!`, the x86 paths use fused multiply-adds: this
+    // kernel is bound by its arithmetic, and `mul_add` without the FMA instructions (the
+    // portable path, and armv7) would be a library call per value.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn avx512(
+        dw: &DirectWeights,
+        g: &Geometry,
+        input: &[f32],
+        bias: &[f32],
+        pixel_row: (usize, usize),
+        out: &mut [f32],
+    ) {
+        body::<true>(dw, g, input, bias, pixel_row, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2(
+        dw: &DirectWeights,
+        g: &Geometry,
+        input: &[f32],
+        bias: &[f32],
+        pixel_row: (usize, usize),
+        out: &mut [f32],
+    ) {
+        body::<true>(dw, g, input, bias, pixel_row, out)
+    }
+    match isa.arch() {
+        // SAFETY: an `Isa` holds an instruction set only when the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        super::Arch::Avx512 => unsafe { avx512(dw, g, input, bias, pixel_row, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        super::Arch::Avx2 => unsafe { avx2(dw, g, input, bias, pixel_row, out) },
+        // NEON has fused multiply-adds in its baseline.
+        #[cfg(target_arch = "aarch64")]
+        _ => body::<true>(dw, g, input, bias, pixel_row, out),
+        #[cfg(not(target_arch = "aarch64"))]
+        _ => body::<false>(dw, g, input, bias, pixel_row, out),
+    }
+}
+
+/// `acc += x * w`, fused when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(acc: &mut [f32; LANES], x: f32, w: &[f32; LANES]) {
+    for l in 0..LANES {
+        acc[l] = if FMA {
+            x.mul_add(w[l], acc[l])
+        } else {
+            acc[l] + x * w[l]
+        };
+    }
+}
+
+/// [`direct_row`]'s body.
+#[inline(always)]
+fn body<const FMA: bool>(
+    dw: &DirectWeights,
+    g: &Geometry,
+    input: &[f32],
+    bias: &[f32],
+    pixel_row: (usize, usize),
+    out: &mut [f32],
+) {
+    let (image, oy) = pixel_row;
+    let (c_in, k, s) = (g.c_in, g.kernel, g.stride);
+    let (c_out, padded) = (dw.c_out, dw.padded);
+    let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
+    // Pixels whose window lies inside the input row go GROUP at a time.
+    let first = g.pad_left.div_ceil(s);
+    let end = match (g.width + g.pad_left).checked_sub(k) {
+        Some(span) => (span / s + 1).min(g.out_width),
+        None => 0,
+    };
+    let groups = if first < end {
+        (end - first) / GROUP
+    } else {
+        0
+    };
+    let at = |iy: usize, ix: usize| ((image * g.height + iy) * g.width + ix) * c_in;
+    for group in 0..groups {
+        let ox0 = first + group * GROUP;
+        let x0 = ox0 * s - g.pad_left;
+        for c0 in (0..padded).step_by(LANES) {
+            let mut acc = [load(bias, c0); GROUP];
+            for ky in taps_y.clone() {
+                let iy = oy * s + ky - g.pad_top;
+                let x = &input[at(iy, x0)..][..((GROUP - 1) * s + k) * c_in];
+                let w = &dw.weights[ky * k * c_in * padded..][..k * c_in * padded];
+                for kx in 0..k {
+                    for ci in 0..c_in {
+                        let w = load(w, (kx * c_in + ci) * padded + c0);
+                        for (q, acc) in acc.iter_mut().enumerate() {
+                            // SAFETY: q < GROUP, kx < k and ci < c_in keep the index
+                            // below ((GROUP - 1) * s + k) * c_in, `x`'s length.
+                            let x = unsafe { *x.get_unchecked((q * s + kx) * c_in + ci) };
+                            madd::<FMA>(acc, x, &w);
+                        }
+                    }
+                }
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                let at = (ox0 + q) * c_out + c0;
+                let n = LANES.min(c_out - c0);
+                out[at..at + n].copy_from_slice(&acc[..n]);
+            }
+        }
+    }
+    let grouped = first..first + groups * GROUP;
+    // The other pixels (windows cut by the padding, and the row's last few), one at a time.
+    for ox in (0..g.out_width).filter(|ox| !grouped.contains(ox)) {
+        let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
+        for c0 in (0..padded).step_by(LANES) {
+            let mut acc = load(bias, c0);
+            for ky in taps_y.clone() {
+                let iy = oy * s + ky - g.pad_top;
+                for kx in taps_x.clone() {
+                    let ix = ox * s + kx - g.pad_left;
+                    for ci in 0..c_in {
+                        let x = input[at(iy, ix) + ci];
+                        let w = load(&dw.weights, ((ky * k + kx) * c_in + ci) * padded + c0);
+                        madd::<FMA>(&mut acc, x, &w);
+                    }
+                }
+            }
+            let n = LANES.min(c_out - c0);
+            out[ox * c_out + c0..][..n].copy_from_slice(&acc[..n]);
+        }
+    }
+}
+
+/// The `LANES` values of `v` from `at` on.
+#[inline(always)]
+fn load(v: &[f32], at: usize) -> [f32; LANES] {
+    v[at..at + LANES].try_into().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::Conv;
+    use crate::kernels::testing::{max_relative_error, Rng};
+    use crate::layers::Padding;
+
+    /// Against the im2col GEMM (which the conv tests check against candle): every instruction
+    /// set, 1-4 input channels, kernels 2-7, strides 1-3, paddings up to the kernel and TF
+    /// SAME, output channels around the register block, inputs narrower than the kernel,
+    /// ReLU6 and a residual.
+    #[test]
+    fn direct_matches_im2col() {
+        let mut rng = Rng::new(11);
+        for isa in Isa::supported() {
+            for case in 0..40 {
+                let c_in = 1 + case % 4;
+                let kernel = [2, 3, 5, 7][(case / 4) % 4];
+                let stride = 1 + rng.below(3);
+                let padding = if case % 3 == 0 {
+                    Padding::TfSame
+                } else {
+                    Padding::Symmetric(rng.below(kernel + 1))
+                };
+                let (n, h, w) = (1 + rng.below(2), 1 + rng.below(20), 1 + rng.below(20));
+                let c_out = [1, 15, 16, 17, 32, 40][rng.below(6)];
+                let geometry = Geometry::new((n, h, w, c_in), kernel, stride, padding);
+                if geometry.out_height == 0 || geometry.out_width == 0 {
+                    continue;
+                }
+                let weight = rng.vec(c_out * c_in * kernel * kernel);
+                let bias = rng.vec(c_out);
+                let x = rng.vec(n * h * w * c_in);
+                let out_len = geometry.out_pixels() * c_out;
+                let residual = rng.vec(out_len);
+                let shape = (c_in, c_out, kernel);
+                let reference = Conv::direct(
+                    isa,
+                    &weight,
+                    bias.clone(),
+                    shape,
+                    stride,
+                    padding,
+                    Activation::Relu6,
+                );
+                let mut expected = vec![0f32; out_len];
+                reference.run(isa, &x, (n, h, w), &mut expected, Some(&residual));
+                let conv = Conv::new(
+                    isa,
+                    &weight,
+                    bias,
+                    shape,
+                    stride,
+                    padding,
+                    Activation::Relu6,
+                );
+                let mut out = vec![f32::NAN; out_len + 5];
+                conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));
+                assert!(
+                    out[out_len..].iter().all(|v| v.is_nan()),
+                    "wrote past the output"
+                );
+                let err = max_relative_error(&out[..out_len], &expected);
+                assert!(
+                    err <= 1e-5,
+                    "{} case {case}: {n}x{h}x{w}x{c_in} k{kernel} s{stride} {padding:?} -> {c_out}: {err:e}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
