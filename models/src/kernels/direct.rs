@@ -6,8 +6,7 @@
 //! EfficientNet stem took 0.6-0.7 ms for its 11 M multiply-adds, packing most of it. Here
 //! each input value is broadcast and multiplied straight into the output channels' sums,
 //! [`LANES`] channels per register block and [`GROUP`] neighbouring pixels together, so each
-//! weight load serves
-//! several pixels. Output rows are shared out over rayon's pool.
+//! weight load serves several pixels. Output rows are shared out over rayon's pool.
 
 use rayon::prelude::*;
 
