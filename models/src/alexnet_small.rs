@@ -192,7 +192,7 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
         if c.batch_norm {
             plan::fold_batch_norm(&vb.pp(format!("bn{k}")), c.bn_eps, &mut weight, &mut bias)?;
         }
-        let conv = Conv::new(
+        let conv = Conv::for_map(
             isa,
             &weight,
             bias,
@@ -200,6 +200,7 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
             1,
             Padding::Symmetric(1),
             Activation::Relu,
+            c.input_size >> i,
         );
         x = b.conv(x, conv, None);
         x = b.max_pool_2x2(x);

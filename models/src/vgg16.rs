@@ -236,6 +236,8 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
     let mut b = PlanBuilder::new(isa);
     let mut x = b.input();
     let mut convs = convolutions().into_iter();
+    // The side of the (square) map the next convolution sees.
+    let mut side = c.input_height.min(c.input_width);
     for layer in LAYOUT {
         x = match layer {
             Some(_) => {
@@ -243,7 +245,7 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
                 let vb = vb.pp(format!("features.{i}"));
                 let bias = plan::load(&vb, &[c_out], "bias")?;
                 let conv = plan::with_weights(&vb, &[c_out, c_in, 3, 3], "weight", |weight| {
-                    Conv::new(
+                    Conv::for_map(
                         isa,
                         weight,
                         bias,
@@ -251,11 +253,15 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
                         1,
                         Padding::Symmetric(1),
                         Activation::Relu,
+                        side,
                     )
                 })?;
                 b.conv(x, conv, None)
             }
-            None => b.max_pool_2x2(x),
+            None => {
+                side /= 2;
+                b.max_pool_2x2(x)
+            }
         };
     }
     let vb = vb.pp("classifier");

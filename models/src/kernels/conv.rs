@@ -142,6 +142,12 @@ const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// F(2x2, 3x3) (see [`super::winograd`] for what it costs in rounding and memory).
 const WINOGRAD_TILE: Tile = Tile::F4;
 
+/// Maps of at most this side take F(2x2, 3x3) in [`Conv::for_map`]. Measured per layer at
+/// batch 1 (25th percentiles of alternating runs): alexnet-small's 8x8 layer 356-422 ->
+/// 325-386 us, VGG16's three 14x14 layers 22.2/27.2 -> 19.0/19.4 ms together; 16x16 maps stay
+/// faster with F(4x4).
+const WINOGRAD_F2_MAX_SIDE: usize = 14;
+
 /// Up to this many input channels (an RGB network's first layer) a convolution wider than
 /// 1x1 with at most 32 output channels runs as a direct convolution ([`super::direct`]):
 /// packing its im2col panels would cost more than its multiplies. (alexnet-small's 64-channel
@@ -222,6 +228,40 @@ impl Conv {
                 padding,
                 activation,
             )
+        }
+    }
+
+    /// As [`Conv::new`], for a network whose input size is fixed: `side` is the side of the
+    /// square map the layer sees, and a Winograd layer on a map of at most
+    /// [`WINOGRAD_F2_MAX_SIDE`] uses F(2x2, 3x3), whose transformed weights are 16/9 of the
+    /// 3x3 ones where F(4x4)'s are 36/9: on a small map the GEMMs have few rows, and the time
+    /// goes into streaming those weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_map(
+        isa: Isa,
+        weight: &[f32],
+        bias: Vec<f32>,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+        side: usize,
+    ) -> Self {
+        let conv = Self::new(
+            isa,
+            weight,
+            bias,
+            (c_in, c_out, kernel),
+            stride,
+            padding,
+            activation,
+        );
+        match conv.algorithm {
+            Algorithm::Winograd(_) if side <= WINOGRAD_F2_MAX_SIDE => Self {
+                algorithm: Algorithm::Winograd(Winograd::new(isa, Tile::F2, weight, c_in, c_out)),
+                ..conv
+            },
+            _ => conv,
         }
     }
 
