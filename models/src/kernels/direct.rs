@@ -4,9 +4,10 @@
 //! With 3 input channels a GEMM's depth is `k * k * 3` (27 for a 3x3 window), and packing its
 //! left operand (an im2col gather of 3-value runs) costs more than the multiplies: the
 //! EfficientNet stem took 0.6-0.7 ms for its 11 M multiply-adds, packing most of it. Here
-//! each input value is broadcast and multiplied straight into the output channels' sums,
-//! [`LANES`] channels per register block and [`GROUP`] neighbouring pixels together, so each
-//! weight load serves several pixels. Output rows are shared out over rayon's pool.
+//! each input value is broadcast and multiplied straight into the output channels' sums, a
+//! register block of channels (32 on AVX-512, 16 elsewhere) and several neighbouring pixels
+//! together (6 and 4), so each weight load serves several pixels. Output rows are shared out
+//! over rayon's pool.
 
 use rayon::prelude::*;
 
@@ -14,13 +15,11 @@ use super::conv::Geometry;
 use super::depthwise::tap_range;
 use super::{parallel, Activation, Isa};
 
-/// Output channels per register block.
-const LANES: usize = 16;
-/// Output pixels computed together.
-const GROUP: usize = 4;
+/// Output channels are padded to a multiple of this, the widest register block.
+const PAD: usize = 32;
 
 /// Weights of a direct convolution, `[ky][kx][c_in][c_out]` with `c_out` padded with zeros
-/// to whole [`LANES`] blocks.
+/// to a multiple of [`PAD`].
 pub struct DirectWeights {
     weights: Vec<f32>,
     c_out: usize,
@@ -32,7 +31,7 @@ impl DirectWeights {
     pub fn new(weight: &[f32], (c_in, c_out, kernel): (usize, usize, usize)) -> Self {
         let kk = kernel * kernel;
         assert_eq!(weight.len(), c_out * c_in * kk);
-        let padded = c_out.div_ceil(LANES) * LANES;
+        let padded = c_out.div_ceil(PAD) * PAD;
         let mut weights = vec![0f32; kk * c_in * padded];
         for o in 0..c_out {
             for ci in 0..c_in {
@@ -119,7 +118,9 @@ fn direct_row(
         pixel_row: (usize, usize),
         out: &mut [f32],
     ) {
-        body::<true>(dw, g, input, bias, pixel_row, out)
+        // 32 channels (two registers) by 6 pixels: 12 of the 32 registers hold sums, and each
+        // broadcast input value feeds two multiply-adds.
+        body::<true, 32, 6>(dw, g, input, bias, pixel_row, out)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
@@ -131,7 +132,7 @@ fn direct_row(
         pixel_row: (usize, usize),
         out: &mut [f32],
     ) {
-        body::<true>(dw, g, input, bias, pixel_row, out)
+        body::<true, 16, 4>(dw, g, input, bias, pixel_row, out)
     }
     match isa.arch() {
         // SAFETY: an `Isa` holds an instruction set only when the CPU has it.
@@ -142,16 +143,16 @@ fn direct_row(
         super::Arch::Avx2 => unsafe { avx2(dw, g, input, bias, pixel_row, out) },
         // NEON has fused multiply-adds in its baseline.
         #[cfg(target_arch = "aarch64")]
-        _ => body::<true>(dw, g, input, bias, pixel_row, out),
+        _ => body::<true, 16, 4>(dw, g, input, bias, pixel_row, out),
         #[cfg(not(target_arch = "aarch64"))]
-        _ => body::<false>(dw, g, input, bias, pixel_row, out),
+        _ => body::<false, 16, 4>(dw, g, input, bias, pixel_row, out),
     }
 }
 
 /// `acc += x * w`, fused when `FMA`.
 #[inline(always)]
-fn madd<const FMA: bool>(acc: &mut [f32; LANES], x: f32, w: &[f32; LANES]) {
-    for l in 0..LANES {
+fn madd<const FMA: bool, const L: usize>(acc: &mut [f32; L], x: f32, w: &[f32; L]) {
+    for l in 0..L {
         acc[l] = if FMA {
             x.mul_add(w[l], acc[l])
         } else {
@@ -160,9 +161,10 @@ fn madd<const FMA: bool>(acc: &mut [f32; LANES], x: f32, w: &[f32; LANES]) {
     }
 }
 
-/// [`direct_row`]'s body.
+/// [`direct_row`]'s body: output channels in blocks of `L` (dividing [`PAD`]), pixels whose
+/// window lies inside the input row `G` at a time, so that each weight load serves `G` pixels.
 #[inline(always)]
-fn body<const FMA: bool>(
+fn body<const FMA: bool, const L: usize, const G: usize>(
     dw: &DirectWeights,
     g: &Geometry,
     input: &[f32],
@@ -174,51 +176,47 @@ fn body<const FMA: bool>(
     let (c_in, k, s) = (g.c_in, g.kernel, g.stride);
     let (c_out, padded) = (dw.c_out, dw.padded);
     let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
-    // Pixels whose window lies inside the input row go GROUP at a time.
+    // Pixels whose window lies inside the input row go G at a time.
     let first = g.pad_left.div_ceil(s);
     let end = match (g.width + g.pad_left).checked_sub(k) {
         Some(span) => (span / s + 1).min(g.out_width),
         None => 0,
     };
-    let groups = if first < end {
-        (end - first) / GROUP
-    } else {
-        0
-    };
+    let groups = if first < end { (end - first) / G } else { 0 };
     let at = |iy: usize, ix: usize| ((image * g.height + iy) * g.width + ix) * c_in;
     for group in 0..groups {
-        let ox0 = first + group * GROUP;
+        let ox0 = first + group * G;
         let x0 = ox0 * s - g.pad_left;
-        for c0 in (0..padded).step_by(LANES) {
-            let mut acc = [load(bias, c0); GROUP];
+        for c0 in (0..c_out).step_by(L) {
+            let mut acc = [load(bias, c0); G];
             for ky in taps_y.clone() {
                 let iy = oy * s + ky - g.pad_top;
-                let x = &input[at(iy, x0)..][..((GROUP - 1) * s + k) * c_in];
+                let x = &input[at(iy, x0)..][..((G - 1) * s + k) * c_in];
                 let w = &dw.weights[ky * k * c_in * padded..][..k * c_in * padded];
                 for kx in 0..k {
                     for ci in 0..c_in {
                         let w = load(w, (kx * c_in + ci) * padded + c0);
                         for (q, acc) in acc.iter_mut().enumerate() {
-                            // SAFETY: q < GROUP, kx < k and ci < c_in keep the index
-                            // below ((GROUP - 1) * s + k) * c_in, `x`'s length.
+                            // SAFETY: q < G, kx < k and ci < c_in keep the index
+                            // below ((G - 1) * s + k) * c_in, `x`'s length.
                             let x = unsafe { *x.get_unchecked((q * s + kx) * c_in + ci) };
-                            madd::<FMA>(acc, x, &w);
+                            madd::<FMA, L>(acc, x, &w);
                         }
                     }
                 }
             }
             for (q, acc) in acc.iter().enumerate() {
                 let at = (ox0 + q) * c_out + c0;
-                let n = LANES.min(c_out - c0);
+                let n = L.min(c_out - c0);
                 out[at..at + n].copy_from_slice(&acc[..n]);
             }
         }
     }
-    let grouped = first..first + groups * GROUP;
+    let grouped = first..first + groups * G;
     // The other pixels (windows cut by the padding, and the row's last few), one at a time.
     for ox in (0..g.out_width).filter(|ox| !grouped.contains(ox)) {
         let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
-        for c0 in (0..padded).step_by(LANES) {
+        for c0 in (0..c_out).step_by(L) {
             let mut acc = load(bias, c0);
             for ky in taps_y.clone() {
                 let iy = oy * s + ky - g.pad_top;
@@ -227,20 +225,20 @@ fn body<const FMA: bool>(
                     for ci in 0..c_in {
                         let x = input[at(iy, ix) + ci];
                         let w = load(&dw.weights, ((ky * k + kx) * c_in + ci) * padded + c0);
-                        madd::<FMA>(&mut acc, x, &w);
+                        madd::<FMA, L>(&mut acc, x, &w);
                     }
                 }
             }
-            let n = LANES.min(c_out - c0);
+            let n = L.min(c_out - c0);
             out[ox * c_out + c0..][..n].copy_from_slice(&acc[..n]);
         }
     }
 }
 
-/// The `LANES` values of `v` from `at` on.
+/// The `L` values of `v` from `at` on.
 #[inline(always)]
-fn load(v: &[f32], at: usize) -> [f32; LANES] {
-    v[at..at + LANES].try_into().unwrap()
+fn load<const L: usize>(v: &[f32], at: usize) -> [f32; L] {
+    v[at..at + L].try_into().unwrap()
 }
 
 #[cfg(test)]
