@@ -188,38 +188,12 @@ impl Conv {
         padding: Padding,
         activation: Activation,
     ) -> Self {
-        if kernel == 3 && stride == 1 && c_in >= WINOGRAD_MIN_CHANNELS {
-            assert_eq!(bias.len(), c_out);
-            Self {
-                c_in,
-                c_out,
-                kernel,
-                stride,
-                padding,
-                algorithm: Algorithm::Winograd(Winograd::new(
-                    isa,
-                    WINOGRAD_TILE,
-                    weight,
-                    c_in,
-                    c_out,
-                )),
-                bias,
-                activation,
-            }
+        let algorithm = if kernel == 3 && stride == 1 && c_in >= WINOGRAD_MIN_CHANNELS {
+            Algorithm::Winograd(Winograd::new(isa, WINOGRAD_TILE, weight, c_in, c_out))
         } else if kernel > 1 && c_in <= DIRECT_MAX_CHANNELS.0 && c_out <= DIRECT_MAX_CHANNELS.1 {
-            assert_eq!(bias.len(), c_out);
-            Self {
-                c_in,
-                c_out,
-                kernel,
-                stride,
-                padding,
-                algorithm: Algorithm::Direct(DirectWeights::new(weight, (c_in, c_out, kernel))),
-                bias,
-                activation,
-            }
+            Algorithm::Direct(DirectWeights::new(weight, (c_in, c_out, kernel)))
         } else {
-            Self::direct(
+            return Self::direct(
                 isa,
                 weight,
                 bias,
@@ -227,7 +201,18 @@ impl Conv {
                 stride,
                 padding,
                 activation,
-            )
+            );
+        };
+        assert_eq!(bias.len(), c_out);
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            algorithm,
+            bias,
+            activation,
         }
     }
 

@@ -244,12 +244,7 @@ impl MbConv {
             };
             let residual = residual.map(|r| &r[at..at + out.len()]);
             for (i, part) in self.parts.iter().enumerate() {
-                // The first part writes the bias and the residual, the others add to it.
-                let epilogue = Epilogue {
-                    bias: (i == 0).then_some(&self.project_bias[..]),
-                    activation: Activation::None,
-                    residual: if i == 0 { residual } else { None },
-                };
+                let epilogue = self.part_epilogue(i, residual);
                 self.part_rows(
                     isa,
                     part,
@@ -272,6 +267,16 @@ impl MbConv {
         }
     }
 
+    /// The epilogue of part `i`'s projection: the first part adds the bias and the residual,
+    /// the others only their sums.
+    fn part_epilogue<'a>(&'a self, i: usize, residual: Option<&'a [f32]>) -> Epilogue<'a> {
+        Epilogue {
+            bias: (i == 0).then_some(&self.project_bias[..]),
+            activation: Activation::None,
+            residual: residual.filter(|_| i == 0),
+        }
+    }
+
     /// Each part on its own thread over whole images; the parts' partial projections are
     /// summed into `output` at the end.
     fn run_by_channels(
@@ -290,11 +295,7 @@ impl MbConv {
         let mut targets: Vec<&mut [f32]> = vec![output];
         targets.extend(scratch.chunks_mut(n * image_len));
         targets.into_par_iter().enumerate().for_each(|(i, target)| {
-            let epilogue = Epilogue {
-                bias: (i == 0).then_some(&self.project_bias[..]),
-                activation: Activation::None,
-                residual: if i == 0 { residual } else { None },
-            };
+            let epilogue = self.part_epilogue(i, residual);
             for image in 0..n {
                 let out = &mut target[image * image_len..(image + 1) * image_len];
                 let epilogue = Epilogue {
