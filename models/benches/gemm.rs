@@ -1,5 +1,5 @@
 //! GEMM throughput on the shapes of EfficientNet-Lite0's 1x1 convolutions at batch 1 (plus
-//! alexnet-small's dense layer and a large square product for the machine's attainable peak), through the same call the plan makes:
+//! alexnet-small's and VGG16's dense layers and a large square product for the machine's attainable peak), through the same call the plan makes:
 //! the NHWC input read in place, bias and ReLU6 fused.
 //!
 //!     cargo bench -p edgemm-models --bench gemm [-- ISA]
@@ -47,6 +47,8 @@ fn run() {
         (49, 320, 1280),
         // alexnet-small's hidden dense layer at batch 1 (a matrix-vector product).
         (1, 4096, 512),
+        // VGG16's first dense layer at batch 1: 411 MB of weights streamed once.
+        (1, 25088, 4096),
         (1024, 1024, 1024),
     ];
     let mut total_ms = 0.0;
@@ -79,8 +81,14 @@ fn run() {
         if k * n < 1 << 20 {
             total_ms += median * 1e3;
         }
+        // A matrix-vector product is bound by the weights it streams: say how fast.
+        let streamed = if m <= 2 {
+            format!("  {:>5.1} GB/s of weights", b.bytes() as f64 / median / 1e9)
+        } else {
+            String::new()
+        };
         println!(
-            "{m:>6} x {k:>5} x {n:>5}: {:>8.1} us  {:>6.1} GFLOP/s",
+            "{m:>6} x {k:>5} x {n:>5}: {:>8.1} us  {:>6.1} GFLOP/s{streamed}",
             median * 1e6,
             2.0 * (m * k * n) as f64 / median / 1e9
         );

@@ -149,10 +149,11 @@ const WINOGRAD_TILE: Tile = Tile::F4;
 const WINOGRAD_F2_MAX_SIDE: usize = 14;
 
 /// Up to this many input channels (an RGB network's first layer) a convolution wider than
-/// 1x1 with at most 32 output channels runs as a direct convolution ([`super::direct`]):
-/// packing its im2col panels would cost more than its multiplies. (alexnet-small's 64-channel
-/// first layer measured faster through the GEMM: 87 -> 139 us direct.)
-const DIRECT_MAX_CHANNELS: (usize, usize) = (4, 32);
+/// 1x1 with at most 64 output channels runs as a direct convolution ([`super::direct`]):
+/// packing its im2col panels would cost more than its multiplies. The 64-channel first layers,
+/// im2col -> direct (25th percentiles, alternating runs): alexnet-small's 55-72 -> 40-43 us,
+/// VGG16's 2.5-3.5 -> 1.8 ms.
+const DIRECT_MAX_CHANNELS: (usize, usize) = (4, 64);
 
 /// How a [`Conv`] computes.
 enum Algorithm {

@@ -266,7 +266,7 @@ mod tests {
                     Padding::Symmetric(rng.below(kernel + 1))
                 };
                 let (n, h, w) = (1 + rng.below(2), 1 + rng.below(20), 1 + rng.below(20));
-                let c_out = [1, 15, 16, 17, 32, 40][rng.below(6)];
+                let c_out = [1, 15, 16, 17, 32, 40, 64][rng.below(7)];
                 let geometry = Geometry::new((n, h, w, c_in), kernel, stride, padding);
                 if geometry.out_height == 0 || geometry.out_width == 0 {
                     continue;

@@ -516,6 +516,21 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
         let cols = nr.min(n - col0);
         let mut acc = vec![0f32; nr];
         for (r, row) in rows.chunks_exact(k.max(1)).enumerate().take(m) {
+            #[cfg(target_arch = "x86_64")]
+            if isa.arch() == super::Arch::Avx512 && nr == 32 {
+                // SAFETY: the row holds k values, the strip 32 * k, acc 32; the Isa is AVX-512.
+                unsafe {
+                    super::x86_64::avx512_gemv_strip(
+                        k,
+                        row.as_ptr(),
+                        b.strip(s).as_ptr(),
+                        acc.as_mut_ptr(),
+                    )
+                };
+            } else {
+                gemv_strip(isa, row, b.strip(s), &mut acc);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             gemv_strip(isa, row, b.strip(s), &mut acc);
             // SAFETY: strip s owns columns col0..col0+cols of every row; `c` outlives the loop.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) };
@@ -685,6 +700,8 @@ mod tests {
                 (145, 513, 33),
                 (8, 1000, 10),
                 (2, 700, 100),
+                // Matrix-vector: a depth that is no multiple of 4, a last strip part filled.
+                (1, 4099, 40),
                 (200, 27, 64),
                 (49, 600, 24),
                 (13, 16, 80),
