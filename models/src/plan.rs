@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 use crate::kernels::conv::Conv;
 use crate::kernels::dense::Dense;
 use crate::kernels::mbconv::MbConv;
-use crate::kernels::{pool, Isa};
+use crate::kernels::{self, pool, Isa};
 use crate::{layers, Classifier, Error, Result};
 
 /// A value flowing through the plan: the network input or one step's output.
@@ -268,9 +268,9 @@ impl Classifier for Plan {
         // The steps run on a thread of rayon's pool. From any other thread, each kernel call
         // that shares its work out would hand it to the pool and sleep until a pool thread
         // wakes it: one sleep and wake-up per call, dozens per forward. From a pool thread the
-        // calling thread works on its share and joins the others without sleeping. (From a
-        // pool thread already, `scope` runs the loop in place.)
-        rayon::scope(|_| {
+        // calling thread works on its share and joins the others without sleeping, and the
+        // other pool threads are kept polling for work meanwhile.
+        kernels::with_pool_awake(|| {
             for (i, step) in self.steps.iter().enumerate() {
                 let started = self.profile.then(std::time::Instant::now);
                 self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));

@@ -108,6 +108,24 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Writes the check sample for `bench_ort.py`: a fixed input and edgemm's logits for it.
+fn write_check_sample(
+    net: &dyn edgemm_models::Classifier,
+    name: &str,
+    (h, w): (usize, usize),
+    work: &Path,
+) {
+    let n = 2 * 3 * h * w;
+    let input: Vec<f32> = edgemm_models::init::uniform("bench-input", n, 1)
+        .map(|u| (2.0 * u - 1.0) as f32)
+        .collect();
+    let x = Tensor::from_vec(input, (2, 3, h, w), &Device::Cpu).unwrap();
+    let logits = net.forward(&x).unwrap();
+    let check: HashMap<String, Tensor> =
+        [("input".to_string(), x), ("logits".to_string(), logits)].into();
+    candle_core::safetensors::save(&check, work.join(format!("{name}.check.safetensors"))).unwrap();
+}
+
 fn median_ms(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -127,6 +145,8 @@ fn main() {
     let batches: Vec<usize> = value("--batches").map_or(vec![1, 8], |b| {
         b.split(',').map(|n| n.parse().unwrap()).collect()
     });
+    // `--reuse`: time only, with the weights an earlier invocation wrote to `--work`.
+    let reuse = args.iter().any(|a| a == "--reuse");
     let kernels = value("--kernels").map_or(Kernels::default(), |k| Kernels::parse(&k).unwrap());
     std::fs::create_dir_all(&work).unwrap();
     for mut model in models() {
@@ -136,17 +156,26 @@ fn main() {
         {
             continue;
         }
-        let tensors = weights(&mut model, &work);
         let weights_file = work.join(format!("{}.safetensors", model.name));
-        candle_core::safetensors::save(&tensors, &weights_file).unwrap();
-        drop(tensors);
-        let meta = serde_json::json!({
-            "architecture": model.architecture,
-            "config": model.config,
-            "height": model.size.0,
-            "width": model.size.1,
-        });
-        std::fs::write(work.join(format!("{}.json", model.name)), meta.to_string()).unwrap();
+        let meta_file = work.join(format!("{}.json", model.name));
+        if reuse {
+            // A later round: the weights and their description are the first round's.
+            let meta: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&meta_file).unwrap()).unwrap();
+            model.architecture = meta["architecture"].as_str().unwrap().to_string();
+            model.config = meta["config"].clone();
+        } else {
+            let tensors = weights(&mut model, &work);
+            candle_core::safetensors::save(&tensors, &weights_file).unwrap();
+            drop(tensors);
+            let meta = serde_json::json!({
+                "architecture": model.architecture,
+                "config": model.config,
+                "height": model.size.0,
+                "width": model.size.1,
+            });
+            std::fs::write(&meta_file, meta.to_string()).unwrap();
+        }
 
         let arch = edgemm_models::architecture(&model.architecture).unwrap();
         // Loaded as the runtime loads an artifact: from the mapped file, tensor by tensor.
@@ -158,20 +187,9 @@ fn main() {
         .unwrap();
         let net = arch.build_with(&model.config, vb, kernels).unwrap();
         let (h, w) = model.size;
-        // The check sample: a fixed input and edgemm's logits for it.
-        let n = 2 * 3 * h * w;
-        let input: Vec<f32> = edgemm_models::init::uniform("bench-input", n, 1)
-            .map(|u| (2.0 * u - 1.0) as f32)
-            .collect();
-        let x = Tensor::from_vec(input, (2, 3, h, w), &Device::Cpu).unwrap();
-        let logits = net.forward(&x).unwrap();
-        let check: HashMap<String, Tensor> =
-            [("input".to_string(), x), ("logits".to_string(), logits)].into();
-        candle_core::safetensors::save(
-            &check,
-            work.join(format!("{}.check.safetensors", model.name)),
-        )
-        .unwrap();
+        if !reuse {
+            write_check_sample(net.as_ref(), model.name, (h, w), &work);
+        }
 
         for &batch in &batches {
             let x = Tensor::zeros((batch, 3, h, w), DType::F32, &Device::Cpu).unwrap();
@@ -183,7 +201,7 @@ fn main() {
                     t.elapsed().as_secs_f64() * 1e3
                 })
                 .collect();
-            let median = median_ms(times);
+            let median = median_ms(times.clone());
             let gflops = (model.architecture == "vgg16")
                 .then(|| vgg16_conv_flops(model.size) * batch as f64 / median / 1e6);
             println!(
@@ -195,6 +213,7 @@ fn main() {
                     "batch": batch,
                     "median_ms": median,
                     "runs": runs,
+                    "times_ms": times,
                     "conv_gflops": gflops,
                     "peak_rss_mib": peak_rss_mib(),
                 })

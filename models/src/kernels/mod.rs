@@ -42,6 +42,8 @@ mod arm64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{Error, Result};
 
 /// An instruction set the running CPU supports. Construct with [`Isa::best`],
@@ -271,6 +273,57 @@ pub(crate) fn parallel(work: usize) -> bool {
     work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1
 }
 
+thread_local! {
+    /// Whether this pool thread is running [`with_pool_awake`]'s spinner.
+    static SPINNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on a thread of rayon's pool while the pool's other threads poll for work instead
+/// of sleeping, as ONNX Runtime's pool spins between the kernels of a run.
+///
+/// A pool thread with nothing to do sleeps after a few dozen idle rounds, and on this
+/// machine (a VM) waking it costs 30-150 us: the other half of a parallel call started after
+/// such a pause runs late or on the caller after its own half. A forward is a chain of
+/// parallel calls with short serial gaps and uneven halves, so it paid that often. For the
+/// duration of `f`, one spinner job per other pool thread loops on [`rayon::yield_now`],
+/// running each piece of work as soon as it is shared out (a 2-way split after a 1 ms pause:
+/// 50-150 -> 1-3 us over the work itself). The price is that those threads burn their core
+/// while `f` runs instead of sleeping when idle.
+pub(crate) fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    /// Ends the spinners when dropped, so that they stop even if `f` panics.
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let mut result = None;
+    rayon::scope(|scope| {
+        let caller = rayon::current_thread_index();
+        let done = &done;
+        for _ in 1..rayon::current_num_threads() {
+            scope.spawn(move |_| {
+                // The caller itself (if it picks the job up while waiting) and a thread that
+                // is spinning already return at once: only the other threads spin, one each.
+                if rayon::current_thread_index() == caller || SPINNING.get() {
+                    return;
+                }
+                SPINNING.set(true);
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+                SPINNING.set(false);
+            });
+        }
+        let _stop = Stop(done);
+        result = Some(f());
+    });
+    result.expect("the scope ran f")
+}
+
 /// A pointer shared by the threads of one kernel call, each writing a disjoint part.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr(*mut f32);
@@ -337,5 +390,44 @@ pub(crate) mod testing {
         }
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rayon::prelude::*;
+
+    use super::with_pool_awake;
+
+    /// Callers on several threads at once, nested calls and a panicking `f`: each gets its
+    /// own result and none waits forever on a spinner.
+    #[test]
+    fn pool_awake_returns_results_and_stops_its_spinners() {
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let callers: Vec<_> = (0..4u64)
+                .map(|t| {
+                    s.spawn(move || {
+                        with_pool_awake(|| {
+                            (0..50)
+                                .map(|_| {
+                                    let inner = with_pool_awake(|| {
+                                        (0..1000u64).into_par_iter().map(|i| i * t).sum::<u64>()
+                                    });
+                                    (0..1000u64).into_par_iter().map(|i| i + t).sum::<u64>() + inner
+                                })
+                                .sum()
+                        })
+                    })
+                })
+                .collect();
+            callers.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (t, sum) in sums.into_iter().enumerate() {
+            let t = t as u64;
+            assert_eq!(sum, 50 * (499_500 + 1000 * t + 499_500 * t));
+        }
+        let caught = std::panic::catch_unwind(|| with_pool_awake(|| panic!("inside f")));
+        assert!(caught.is_err());
+        assert_eq!(with_pool_awake(|| 7), 7);
     }
 }
