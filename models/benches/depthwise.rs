@@ -12,8 +12,8 @@ use edgemm_models::kernels::{Activation, Isa};
 use edgemm_models::Padding;
 
 fn main() {
-    // On a pool thread, as a plan runs its steps.
-    rayon::scope(|_| run());
+    // On a pool thread with the others polling for work, as a plan runs its steps.
+    edgemm_models::kernels::with_pool_awake(run);
 }
 
 fn run() {

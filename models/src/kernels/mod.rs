@@ -289,7 +289,7 @@ thread_local! {
 /// running each piece of work as soon as it is shared out (a 2-way split after a 1 ms pause:
 /// 50-150 -> 1-3 us over the work itself). The price is that those threads burn their core
 /// while `f` runs instead of sleeping when idle.
-pub(crate) fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     /// Ends the spinners when dropped, so that they stop even if `f` panics.
     struct Stop<'a>(&'a AtomicBool);
     impl Drop for Stop<'_> {
