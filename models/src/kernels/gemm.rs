@@ -516,21 +516,6 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
         let cols = nr.min(n - col0);
         let mut acc = vec![0f32; nr];
         for (r, row) in rows.chunks_exact(k.max(1)).enumerate().take(m) {
-            #[cfg(target_arch = "x86_64")]
-            if isa.arch() == super::Arch::Avx512 && nr == 32 {
-                // SAFETY: the row holds k values, the strip 32 * k, acc 32; the Isa is AVX-512.
-                unsafe {
-                    super::x86_64::avx512_gemv_strip(
-                        k,
-                        row.as_ptr(),
-                        b.strip(s).as_ptr(),
-                        acc.as_mut_ptr(),
-                    )
-                };
-            } else {
-                gemv_strip(isa, row, b.strip(s), &mut acc);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
             gemv_strip(isa, row, b.strip(s), &mut acc);
             // SAFETY: strip s owns columns col0..col0+cols of every row; `c` outlives the loop.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + col0), cols) };
@@ -553,10 +538,31 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
     }
 }
 
+/// `acc[j] = sum_p row[p] * strip[p * NR + j]`: on AVX-512 the hand-written kernel (sums in
+/// registers, the weights prefetched), elsewhere the portable loop compiled for the `Isa`.
+fn gemv_strip(isa: Isa, row: &[f32], strip: &[f32], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.arch() == super::Arch::Avx512 && acc.len() == 32 {
+        assert!(strip.len() >= 32 * row.len(), "strip too short");
+        // SAFETY: the row holds k values, the strip (checked) 32 * k, acc 32; the Isa is
+        // AVX-512, which it can only be when the CPU has it.
+        unsafe {
+            super::x86_64::avx512_gemv_strip(
+                row.len(),
+                row.as_ptr(),
+                strip.as_ptr(),
+                acc.as_mut_ptr(),
+            )
+        };
+        return;
+    }
+    gemv_strip_loop(isa, row, strip, acc);
+}
+
 multiversion! {
-    /// `acc[j] = sum_p row[p] * strip[p * NR + j]`, four depths per step so that the
-    /// multiply-adds of a step are independent and only one add per step waits on the last.
-    fn gemv_strip(row: &[f32], strip: &[f32], acc: &mut [f32]) {
+    /// [`gemv_strip`]'s portable loop: four depths per step so that the multiply-adds of a
+    /// step are independent and only one add per step waits on the last.
+    fn gemv_strip_loop(row: &[f32], strip: &[f32], acc: &mut [f32]) {
         let nr = acc.len();
         acc.fill(0.0);
         let mut rows = row.chunks_exact(4);
