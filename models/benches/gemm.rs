@@ -4,7 +4,8 @@
 //!
 //!     cargo bench -p edgemm-models --bench gemm [-- ISA]
 //!
-//! Prints the median of 50 calls and GFLOP/s per shape. `RAYON_NUM_THREADS=1` for one core.
+//! Prints the median of 50 calls and GFLOP/s per shape, and the median with the weights out
+//! of cache ("cold"). `RAYON_NUM_THREADS=1` for one core.
 
 use std::time::Instant;
 
@@ -78,6 +79,22 @@ fn run() {
             .collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
+        // The same product with its weights out of cache, as in a forward, where a network's
+        // weights do not stay in L2 (or in a shared L3) from one use to the next: calls
+        // rotate through copies of `B` filling 64 MiB.
+        let cold = (b.bytes() < 8 << 20).then(|| {
+            let copies: Vec<PackedB> = (0..(64 << 20) / b.bytes()).map(|_| b.clone()).collect();
+            let mut times: Vec<f64> = (0..50)
+                .map(|i| {
+                    let t = Instant::now();
+                    gemm(isa, &lhs, &copies[i % copies.len()], &mut c, &epilogue);
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        });
+        let cold = cold.map_or(String::new(), |t| format!("  cold {:>7.1} us", t * 1e6));
         if k * n < 1 << 20 {
             total_ms += median * 1e3;
         }
@@ -88,7 +105,7 @@ fn run() {
             String::new()
         };
         println!(
-            "{m:>6} x {k:>5} x {n:>5}: {:>8.1} us  {:>6.1} GFLOP/s{streamed}",
+            "{m:>6} x {k:>5} x {n:>5}: {:>8.1} us  {:>6.1} GFLOP/s{streamed}{cold}",
             median * 1e6,
             2.0 * (m * k * n) as f64 / median / 1e9
         );

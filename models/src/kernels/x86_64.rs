@@ -40,6 +40,26 @@ unsafe fn avx512_12x32(
     unsafe { avx512_panel::<12>(kc, a, b, c, ldc, store) }
 }
 
+/// How far ahead of depth `p` the AVX-512 microkernels ask for their strip of `B`, in
+/// depths (of 32 values, two cache lines). A strip's block is read from L3 by the first panel
+/// that multiplies it (the weights of a whole network do not stay in L2 from one forward to
+/// the next), and on few-row products, such as the 49 rows of a 7x7 map, that first pass
+/// is much of the work.
+const B_PREFETCH_DEPTHS: usize = 16;
+
+/// Prefetches the two cache lines of depth `p + B_PREFETCH_DEPTHS` of a 32-column strip.
+/// A prefetch never faults, so it may run past the strip's end (into the next block).
+#[inline(always)]
+unsafe fn prefetch_strip(b: *const f32, p: usize) {
+    let at = b.wrapping_add((p + B_PREFETCH_DEPTHS) * 32).cast::<i8>();
+    // SAFETY: prefetches have no architectural effect beyond the cache; the address is
+    // formed with wrapping arithmetic and never dereferenced.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(at);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+    }
+}
+
 /// [`avx512_12x32`] for a panel with only `rows` rows inside `C` (the last panel of a
 /// product whose rows are not a multiple of 12): multiplies those rows only. A 7x7 map has
 /// 49 rows, 4 whole panels and 1 row, so this saves most of a fifth of those products.
@@ -96,6 +116,7 @@ unsafe fn avx512_panel<const R: usize>(
         // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
         // operands.
         unsafe {
+            prefetch_strip(b, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             let ap = a.add(p * MR);
@@ -161,6 +182,7 @@ unsafe fn avx512_12x32_rows(
     for p in 0..kc {
         // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
         unsafe {
+            prefetch_strip(b, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for (acc, row) in acc.iter_mut().zip(rows) {
