@@ -187,12 +187,18 @@ multiversion! {
                 for ky in taps_y {
                     let x = &input[at(ky) + c0..][..(taps - 1) * c + LANES];
                     let w = &dw.weights[(ky * k + kx0) * c + c0..][..(taps - 1) * c + LANES];
+                    // A sum per row of taps, added in at the end: the rows' chains of
+                    // dependent adds overlap, instead of one chain through every tap.
+                    let mut row = [0f32; LANES];
                     for j in 0..taps {
                         // SAFETY: j < taps bounds both reads by the slices' lengths.
                         let (x, w) = unsafe { (load(x, j * c), load(w, j * c)) };
                         for l in 0..LANES {
-                            acc[l] += x[l] * w[l];
+                            row[l] += x[l] * w[l];
                         }
+                    }
+                    for l in 0..LANES {
+                        acc[l] += row[l];
                     }
                 }
                 dw.activation.apply(&mut acc);
