@@ -161,8 +161,8 @@ fn madd<const FMA: bool, const L: usize>(acc: &mut [f32; L], x: f32, w: &[f32; L
     }
 }
 
-/// [`direct_row`]'s body: output channels in blocks of `L` (dividing [`PAD`]), pixels whose
-/// window lies inside the input row `G` at a time, so that each weight load serves `G` pixels.
+/// [`direct_row`]'s body: output channels in blocks of `L` (dividing [`PAD`]), pixels `G` at
+/// a time, so that each weight load serves `G` pixels.
 #[inline(always)]
 fn body<const FMA: bool, const L: usize, const G: usize>(
     dw: &DirectWeights,
@@ -176,61 +176,50 @@ fn body<const FMA: bool, const L: usize, const G: usize>(
     let (c_in, k, s) = (g.c_in, g.kernel, g.stride);
     let (c_out, padded) = (dw.c_out, dw.padded);
     let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
-    // Pixels whose window lies inside the input row go G at a time.
-    let first = g.pad_left.div_ceil(s);
-    let end = match (g.width + g.pad_left).checked_sub(k) {
-        Some(span) => (span / s + 1).min(g.out_width),
-        None => 0,
-    };
-    let groups = if first < end { (end - first) / G } else { 0 };
-    let at = |iy: usize, ix: usize| ((image * g.height + iy) * g.width + ix) * c_in;
-    for group in 0..groups {
-        let ox0 = first + group * G;
-        let x0 = ox0 * s - g.pad_left;
+    let ow = g.out_width;
+    // The input rows copied with the padding as zeros (column p is input column
+    // p - pad_left), so that every pixel goes G at a time, the row's first and last
+    // included: a last group that would run past the row is moved back to end with
+    // it, recomputing a few pixels (in a row narrower than G, the pixels past it are
+    // computed on zeros and dropped). The copy is a few thousand values per row.
+    let pw = (ow.max(G) - 1) * s + k;
+    let mut rows = vec![0f32; k * pw * c_in];
+    for ky in taps_y.clone() {
+        let iy = oy * s + ky - g.pad_top;
+        let src = &input[((image * g.height + iy) * g.width) * c_in..][..g.width * c_in];
+        let cols = g.width.min(pw.saturating_sub(g.pad_left));
+        rows[(ky * pw + g.pad_left) * c_in..][..cols * c_in].copy_from_slice(&src[..cols * c_in]);
+    }
+    for group in 0..ow.div_ceil(G) {
+        let ox0 = (group * G).min(ow.saturating_sub(G));
         for c0 in (0..c_out).step_by(L) {
             let mut acc = [load(bias, c0); G];
+            // A row of taps is k * c_in values, contiguous in the input row (from the pixel's
+            // first column) and in the weights (`padded` apart): one loop over them.
+            let taps = k * c_in;
             for ky in taps_y.clone() {
-                let iy = oy * s + ky - g.pad_top;
-                let x = &input[at(iy, x0)..][..((G - 1) * s + k) * c_in];
-                let w = &dw.weights[ky * k * c_in * padded..][..k * c_in * padded];
-                for kx in 0..k {
-                    for ci in 0..c_in {
-                        let w = load(w, (kx * c_in + ci) * padded + c0);
-                        for (q, acc) in acc.iter_mut().enumerate() {
-                            // SAFETY: q < G, kx < k and ci < c_in keep the index
-                            // below ((G - 1) * s + k) * c_in, `x`'s length.
-                            let x = unsafe { *x.get_unchecked((q * s + kx) * c_in + ci) };
-                            madd::<FMA, L>(acc, x, &w);
-                        }
+                let x = &rows[(ky * pw + ox0 * s) * c_in..][..(G - 1) * s * c_in + taps];
+                let w = &dw.weights[ky * taps * padded + c0..][..(taps - 1) * padded + L];
+                for t in 0..taps {
+                    // SAFETY: t < taps bounds the read by `w`'s length.
+                    let wt = unsafe {
+                        w.as_ptr()
+                            .add(t * padded)
+                            .cast::<[f32; L]>()
+                            .read_unaligned()
+                    };
+                    for (q, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: q < G and t < taps keep the index below `x`'s length.
+                        let x = unsafe { *x.get_unchecked(q * s * c_in + t) };
+                        madd::<FMA, L>(acc, x, &wt);
                     }
                 }
             }
-            for (q, acc) in acc.iter().enumerate() {
+            for (q, acc) in acc.iter().enumerate().take(ow - ox0) {
                 let at = (ox0 + q) * c_out + c0;
                 let n = L.min(c_out - c0);
                 out[at..at + n].copy_from_slice(&acc[..n]);
             }
-        }
-    }
-    let grouped = first..first + groups * G;
-    // The other pixels (windows cut by the padding, and the row's last few), one at a time.
-    for ox in (0..g.out_width).filter(|ox| !grouped.contains(ox)) {
-        let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
-        for c0 in (0..c_out).step_by(L) {
-            let mut acc = load(bias, c0);
-            for ky in taps_y.clone() {
-                let iy = oy * s + ky - g.pad_top;
-                for kx in taps_x.clone() {
-                    let ix = ox * s + kx - g.pad_left;
-                    for ci in 0..c_in {
-                        let x = input[at(iy, ix) + ci];
-                        let w = load(&dw.weights, ((ky * k + kx) * c_in + ci) * padded + c0);
-                        madd::<FMA, L>(&mut acc, x, &w);
-                    }
-                }
-            }
-            let n = L.min(c_out - c0);
-            out[ox * c_out + c0..][..n].copy_from_slice(&acc[..n]);
         }
     }
 }
