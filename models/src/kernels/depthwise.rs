@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::{parallel, Activation, Isa};
+use super::{fma, multiversion, parallel, Activation, Isa};
 use crate::layers::Padding;
 
 /// A depthwise convolution with batch norm folded in: one `k x k` filter per channel.
@@ -89,31 +89,16 @@ const LANES: usize = 16;
 /// Output pixels computed together.
 const GROUP: usize = 4;
 
-/// One output row `(image, oy)` of a depthwise convolution, reading an `input` that starts
-/// at row `first_row` of the image (0 for a whole NHWC tensor; a fused block passes the
-/// band of rows it holds, with `image` 0).
-///
-/// Channels go in blocks of [`LANES`] whose sums stay in registers across all taps, so a
-/// tap costs two loads and a multiply-add; the taps that fall in the padding are cut off
-/// once per pixel rather than tested one by one.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn depthwise_row(
-    isa: Isa,
-    dw: &Depthwise,
-    g: &Geometry,
-    input: &[f32],
-    image: usize,
-    first_row: usize,
-    oy: usize,
-    out: &mut [f32],
-) {
-    // Like the direct convolution, and unlike the other kernels' `multiversion!`, fused
-    // multiply-adds where the instruction set has them: a multiply and an add are two
-    // operations on the same two ports, where the group path is bound by those ports.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
+multiversion! {
+    /// One output row `(image, oy)` of a depthwise convolution, reading an `input` that starts
+    /// at row `first_row` of the image (0 for a whole NHWC tensor; a fused block passes the
+    /// band of rows it holds, with `image` 0).
+    ///
+    /// Channels go in blocks of [`LANES`] whose sums stay in registers across all taps, so a
+    /// tap costs two loads and a multiply-add; the taps that fall in the padding are cut off
+    /// once per pixel rather than tested one by one.
     #[allow(clippy::too_many_arguments)]
-    fn avx512(
+    pub(crate) fn depthwise_row(
         dw: &Depthwise,
         g: &Geometry,
         input: &[f32],
@@ -122,35 +107,9 @@ pub(crate) fn depthwise_row(
         oy: usize,
         out: &mut [f32],
     ) {
-        row::<true>(dw, g, input, image, first_row, oy, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn avx2(
-        dw: &Depthwise,
-        g: &Geometry,
-        input: &[f32],
-        image: usize,
-        first_row: usize,
-        oy: usize,
-        out: &mut [f32],
-    ) {
-        row::<true>(dw, g, input, image, first_row, oy, out)
-    }
-    match isa.arch() {
-        // SAFETY: an `Isa` holds an instruction set only when the CPU has it.
-        #[cfg(target_arch = "x86_64")]
-        super::Arch::Avx512 => unsafe { avx512(dw, g, input, image, first_row, oy, out) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        super::Arch::Avx2 => unsafe { avx2(dw, g, input, image, first_row, oy, out) },
-        // NEON has fused multiply-adds in its baseline.
-        #[cfg(target_arch = "aarch64")]
-        _ => row::<true>(dw, g, input, image, first_row, oy, out),
-        // Elsewhere (the portable path, armv7) `mul_add` would be a library call.
-        #[cfg(not(target_arch = "aarch64"))]
-        _ => row::<false>(dw, g, input, image, first_row, oy, out),
+        // With fused multiply-adds where the instruction set has them: a multiply and an add
+        // are two operations on the same two ports, which bound the group path.
+        row::<FMA>(dw, g, input, image, first_row, oy, out)
     }
 }
 
@@ -314,11 +273,7 @@ fn tap_row<const FMA: bool, const K: usize, const S: usize>(
 #[inline(always)]
 fn madd<const FMA: bool>(acc: &mut [f32; LANES], x: &[f32; LANES], w: &[f32; LANES]) {
     for l in 0..LANES {
-        acc[l] = if FMA {
-            x[l].mul_add(w[l], acc[l])
-        } else {
-            acc[l] + x[l] * w[l]
-        };
+        acc[l] = fma::<FMA>(x[l], w[l], acc[l]);
     }
 }
 

@@ -197,18 +197,22 @@ impl Activation {
 ///
 /// The body is plain Rust over slices; inside a `#[target_feature]` function LLVM vectorises
 /// it with that instruction set's registers (AVX-512, AVX2), on aarch64 NEON is the baseline.
+/// In the body the constant `FMA` says whether the instruction set has fused multiply-adds
+/// (AVX-512 and AVX2 with FMA, NEON): [`fma`] is then one instruction, where Rust never fuses
+/// a multiply and an add by itself; elsewhere (the portable path, armv7) `mul_add` would be
+/// a library call, and [`fma`] is a multiply and an add.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
-            fn avx512($($arg: $ty),*) { body($($arg),*) }
+            fn avx512($($arg: $ty),*) { body::<true>($($arg),*) }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn avx2($($arg: $ty),*) { body($($arg),*) }
+            fn avx2($($arg: $ty),*) { body::<true>($($arg),*) }
             match isa.arch() {
                 // SAFETY: an `Isa` holds an instruction set only when the CPU has it.
                 #[cfg(target_arch = "x86_64")]
@@ -216,12 +220,26 @@ macro_rules! multiversion {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernels::Arch::Avx2 => unsafe { avx2($($arg),*) },
-                _ => body($($arg),*),
+                #[cfg(target_arch = "aarch64")]
+                _ => body::<true>($($arg),*),
+                #[cfg(not(target_arch = "aarch64"))]
+                _ => body::<false>($($arg),*),
             }
         }
     };
 }
 pub(crate) use multiversion;
+
+/// `a * b + c`, fused into one instruction (and one rounding) when `FMA`; see
+/// [`multiversion!`].
+#[inline(always)]
+pub(crate) fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
 
 /// [`multiversion!`] for an `unsafe fn`: the caller upholds the body's `# Safety` contract.
 macro_rules! multiversion_unsafe {
@@ -229,13 +247,13 @@ macro_rules! multiversion_unsafe {
         $(#[$meta])*
         $vis unsafe fn $name(isa: $crate::kernels::Isa, $($arg: $ty),*) {
             #[inline(always)]
-            unsafe fn body($($arg: $ty),*) $body
+            unsafe fn body<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            unsafe fn avx512($($arg: $ty),*) { unsafe { body::<true>($($arg),*) } }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) { unsafe { body($($arg),*) } }
+            unsafe fn avx2($($arg: $ty),*) { unsafe { body::<true>($($arg),*) } }
             match isa.arch() {
                 // SAFETY: an `Isa` holds an instruction set only when the CPU has it; the rest
                 // of the contract is the caller's.
@@ -245,7 +263,11 @@ macro_rules! multiversion_unsafe {
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernels::Arch::Avx2 => unsafe { avx2($($arg),*) },
                 // SAFETY: the caller upholds the contract.
-                _ => unsafe { body($($arg),*) },
+                #[cfg(target_arch = "aarch64")]
+                _ => unsafe { body::<true>($($arg),*) },
+                // SAFETY: the caller upholds the contract.
+                #[cfg(not(target_arch = "aarch64"))]
+                _ => unsafe { body::<false>($($arg),*) },
             }
         }
     };
@@ -402,7 +424,7 @@ mod tests {
     /// Callers on several threads at once, nested calls and a panicking `f`: each gets its
     /// own result and none waits forever on a spinner.
     #[test]
-    fn pool_awake_returns_results_and_stops_its_spinners() {
+    fn pool_awake_returns_each_result_without_deadlock() {
         let sums: Vec<u64> = std::thread::scope(|s| {
             let callers: Vec<_> = (0..4u64)
                 .map(|t| {
