@@ -107,139 +107,124 @@ multiversion! {
         oy: usize,
         out: &mut [f32],
     ) {
-        // With fused multiply-adds where the instruction set has them: a multiply and an add
-        // are two operations on the same two ports, which bound the group path.
-        row::<FMA>(dw, g, input, image, first_row, oy, out)
-    }
-}
-
-/// [`depthwise_row`]'s body, with fused multiply-adds when `FMA`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn row<const FMA: bool>(
-    dw: &Depthwise,
-    g: &Geometry,
-    input: &[f32],
-    image: usize,
-    first_row: usize,
-    oy: usize,
-    out: &mut [f32],
-) {
-    let (c, k, s) = (dw.channels, g.kernel, g.stride);
-    let blocks = c / LANES;
-    let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
-    // Pixels whose whole window lies inside the input row go GROUP at a time: GROUP
-    // independent sums hide the add latency, and each weight load serves GROUP pixels.
-    let first = g.pad_left.div_ceil(s);
-    let end = match (g.width + g.pad_left).checked_sub(k) {
-        Some(span) => (span / s + 1).min(g.out_width),
-        None => 0,
-    };
-    let groups = if blocks > 0 && first < end {
-        (end - first) / GROUP
-    } else {
-        0
-    };
-    // Channel blocks outside, pixels inside: a block's k * k weight vectors stay in L1
-    // (or registers) across the row instead of all channels' weights cycling through it.
-    for b in 0..blocks {
-        let c0 = b * LANES;
-        for group in 0..groups {
-            let ox0 = first + group * GROUP;
-            // Input column of tap 0 of pixel ox0.
-            let x0 = ox0 * s - g.pad_left;
-            let bias: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
-            let mut acc = [bias; GROUP];
-            for ky in taps_y.clone() {
-                let iy = oy * s + ky - g.pad_top;
-                let row = ((image * g.height + iy - first_row) * g.width + x0) * c + c0;
-                // The input this row of taps reads for the GROUP pixels, and the row's
-                // weights: checked once here rather than at every load below.
-                let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
-                let w = &dw.weights[ky * k * c + c0..][..(k - 1) * c + LANES];
-                match (k, s) {
-                    (3, 1) => tap_row::<FMA, 3, 1>(&mut acc, x, w, c),
-                    (3, 2) => tap_row::<FMA, 3, 2>(&mut acc, x, w, c),
-                    (5, 1) => tap_row::<FMA, 5, 1>(&mut acc, x, w, c),
-                    (5, 2) => tap_row::<FMA, 5, 2>(&mut acc, x, w, c),
-                    _ => {
-                        for kx in 0..k {
-                            // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read.
-                            let w = unsafe { load(w, kx * c) };
-                            for (q, acc) in acc.iter_mut().enumerate() {
-                                // SAFETY: q < GROUP and kx < k bound it by `x`'s length.
-                                let x = unsafe { load(x, (q * s + kx) * c) };
-                                madd::<FMA>(acc, &x, &w);
+        // With fused multiply-adds where the instruction set has them (`FMA`): a multiply
+        // and an add are two operations on the same two ports, which bound the group path.
+        let (c, k, s) = (dw.channels, g.kernel, g.stride);
+        let blocks = c / LANES;
+        let taps_y = tap_range(oy * s, g.pad_top, g.height, k);
+        // Pixels whose whole window lies inside the input row go GROUP at a time: GROUP
+        // independent sums hide the add latency, and each weight load serves GROUP pixels.
+        let first = g.pad_left.div_ceil(s);
+        let end = match (g.width + g.pad_left).checked_sub(k) {
+            Some(span) => (span / s + 1).min(g.out_width),
+            None => 0,
+        };
+        let groups = if blocks > 0 && first < end {
+            (end - first) / GROUP
+        } else {
+            0
+        };
+        // Channel blocks outside, pixels inside: a block's k * k weight vectors stay in L1
+        // (or registers) across the row instead of all channels' weights cycling through it.
+        for b in 0..blocks {
+            let c0 = b * LANES;
+            for group in 0..groups {
+                let ox0 = first + group * GROUP;
+                // Input column of tap 0 of pixel ox0.
+                let x0 = ox0 * s - g.pad_left;
+                let bias: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
+                let mut acc = [bias; GROUP];
+                for ky in taps_y.clone() {
+                    let iy = oy * s + ky - g.pad_top;
+                    let row = ((image * g.height + iy - first_row) * g.width + x0) * c + c0;
+                    // The input this row of taps reads for the GROUP pixels, and the row's
+                    // weights: checked once here rather than at every load below.
+                    let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
+                    let w = &dw.weights[ky * k * c + c0..][..(k - 1) * c + LANES];
+                    match (k, s) {
+                        (3, 1) => tap_row::<FMA, 3, 1>(&mut acc, x, w, c),
+                        (3, 2) => tap_row::<FMA, 3, 2>(&mut acc, x, w, c),
+                        (5, 1) => tap_row::<FMA, 5, 1>(&mut acc, x, w, c),
+                        (5, 2) => tap_row::<FMA, 5, 2>(&mut acc, x, w, c),
+                        _ => {
+                            for kx in 0..k {
+                                // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read.
+                                let w = unsafe { load(w, kx * c) };
+                                for (q, acc) in acc.iter_mut().enumerate() {
+                                    // SAFETY: q < GROUP and kx < k bound it by `x`'s length.
+                                    let x = unsafe { load(x, (q * s + kx) * c) };
+                                    madd::<FMA>(acc, &x, &w);
+                                }
                             }
                         }
                     }
                 }
-            }
-            for (q, acc) in acc.iter_mut().enumerate() {
-                dw.activation.apply(acc);
-                let at = (ox0 + q) * c + c0;
-                out[at..at + LANES].copy_from_slice(acc);
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    dw.activation.apply(acc);
+                    let at = (ox0 + q) * c + c0;
+                    out[at..at + LANES].copy_from_slice(acc);
+                }
             }
         }
-    }
-    let grouped = first..first + groups * GROUP;
-    // The pixels left (windows cut by the padding, and the row's last few), one at a
-    // time: again channel blocks outside, then the channels past the last whole block.
-    let edge = (0..g.out_width).filter(|ox| !grouped.contains(ox));
-    // Input offset of tap (ky, j-th tap kept in x) of pixel `ox`, and its taps in x.
-    let window = |ox: usize| {
-        let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
-        let x0 = ox * s + taps_x.start - g.pad_left;
-        let at = move |ky: usize| {
-            let iy = oy * s + ky - g.pad_top;
-            ((image * g.height + iy - first_row) * g.width + x0) * c
+        let grouped = first..first + groups * GROUP;
+        // The pixels left (windows cut by the padding, and the row's last few), one at a
+        // time: again channel blocks outside, then the channels past the last whole block.
+        let edge = (0..g.out_width).filter(|ox| !grouped.contains(ox));
+        // Input offset of tap (ky, j-th tap kept in x) of pixel `ox`, and its taps in x.
+        let window = |ox: usize| {
+            let taps_x = tap_range(ox * s, g.pad_left, g.width, k);
+            let x0 = ox * s + taps_x.start - g.pad_left;
+            let at = move |ky: usize| {
+                let iy = oy * s + ky - g.pad_top;
+                ((image * g.height + iy - first_row) * g.width + x0) * c
+            };
+            (taps_x, at)
         };
-        (taps_x, at)
-    };
-    for b in 0..blocks {
-        let c0 = b * LANES;
-        for ox in edge.clone() {
-            let (taps_x, at) = window(ox);
-            let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
-            let (taps, kx0) = (taps_x.len(), taps_x.start);
-            // A window wholly in the padding (possible with padding >= kernel) is the bias.
-            let taps_y = if taps > 0 { taps_y.clone() } else { 0..0 };
-            for ky in taps_y {
-                let x = &input[at(ky) + c0..][..(taps - 1) * c + LANES];
-                let w = &dw.weights[(ky * k + kx0) * c + c0..][..(taps - 1) * c + LANES];
-                // A sum per row of taps, added in at the end: the rows' chains of
-                // dependent adds overlap, instead of one chain through every tap.
-                let mut row = [0f32; LANES];
-                for j in 0..taps {
-                    // SAFETY: j < taps bounds both reads by the slices' lengths.
-                    let (x, w) = unsafe { (load(x, j * c), load(w, j * c)) };
-                    madd::<FMA>(&mut row, &x, &w);
-                }
-                for l in 0..LANES {
-                    acc[l] += row[l];
-                }
-            }
-            dw.activation.apply(&mut acc);
-            out[ox * c + c0..][..LANES].copy_from_slice(&acc);
-        }
-    }
-    let c0 = blocks * LANES;
-    if c0 < c {
-        for ox in 0..g.out_width {
-            let (taps_x, at) = window(ox);
-            let acc = &mut out[ox * c + c0..(ox + 1) * c];
-            acc.copy_from_slice(&dw.bias[c0..]);
-            for ky in taps_y.clone() {
-                let row = at(ky);
-                for (j, kx) in taps_x.clone().enumerate() {
-                    let x = &input[row + j * c + c0..row + (j + 1) * c];
-                    let w = &dw.weights[(ky * k + kx) * c + c0..(ky * k + kx + 1) * c];
-                    for ((a, x), w) in acc.iter_mut().zip(x).zip(w) {
-                        *a += *x * *w;
+        for b in 0..blocks {
+            let c0 = b * LANES;
+            for ox in edge.clone() {
+                let (taps_x, at) = window(ox);
+                let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
+                let (taps, kx0) = (taps_x.len(), taps_x.start);
+                // A window wholly in the padding (possible with padding >= kernel) is the bias.
+                let taps_y = if taps > 0 { taps_y.clone() } else { 0..0 };
+                for ky in taps_y {
+                    let x = &input[at(ky) + c0..][..(taps - 1) * c + LANES];
+                    let w = &dw.weights[(ky * k + kx0) * c + c0..][..(taps - 1) * c + LANES];
+                    // A sum per row of taps, added in at the end: the rows' chains of
+                    // dependent adds overlap, instead of one chain through every tap.
+                    let mut row = [0f32; LANES];
+                    for j in 0..taps {
+                        // SAFETY: j < taps bounds both reads by the slices' lengths.
+                        let (x, w) = unsafe { (load(x, j * c), load(w, j * c)) };
+                        madd::<FMA>(&mut row, &x, &w);
+                    }
+                    for l in 0..LANES {
+                        acc[l] += row[l];
                     }
                 }
+                dw.activation.apply(&mut acc);
+                out[ox * c + c0..][..LANES].copy_from_slice(&acc);
             }
-            dw.activation.apply(acc);
+        }
+        let c0 = blocks * LANES;
+        if c0 < c {
+            for ox in 0..g.out_width {
+                let (taps_x, at) = window(ox);
+                let acc = &mut out[ox * c + c0..(ox + 1) * c];
+                acc.copy_from_slice(&dw.bias[c0..]);
+                for ky in taps_y.clone() {
+                    let row = at(ky);
+                    for (j, kx) in taps_x.clone().enumerate() {
+                        let x = &input[row + j * c + c0..row + (j + 1) * c];
+                        let w = &dw.weights[(ky * k + kx) * c + c0..(ky * k + kx + 1) * c];
+                        for ((a, x), w) in acc.iter_mut().zip(x).zip(w) {
+                            *a += *x * *w;
+                        }
+                    }
+                }
+                dw.activation.apply(acc);
+            }
         }
     }
 }
