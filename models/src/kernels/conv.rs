@@ -155,6 +155,21 @@ const WINOGRAD_F2_MAX_SIDE: usize = 14;
 /// VGG16's 2.5-3.5 -> 1.8 ms.
 const DIRECT_MAX_CHANNELS: (usize, usize) = (4, 64);
 
+/// OIHW `weight` packed as the right operand of an implicit-im2col GEMM, whose depth index
+/// (ky, kx, ci) reads OIHW element (o, ci, ky, kx).
+fn im2col_weights(
+    isa: Isa,
+    weight: &[f32],
+    (c_in, c_out, kernel): (usize, usize, usize),
+) -> PackedB {
+    assert_eq!(weight.len(), c_out * c_in * kernel * kernel);
+    let kk = kernel * kernel;
+    PackedB::new(isa, kk * c_in, c_out, |k, o| {
+        let (tap, ci) = (k / c_in, k % c_in);
+        weight[(o * c_in + ci) * kk + tap]
+    })
+}
+
 /// How a [`Conv`] computes.
 enum Algorithm {
     /// Implicit im2col and one GEMM; the weights packed as its right operand.
@@ -194,16 +209,27 @@ impl Conv {
         } else if kernel > 1 && c_in <= DIRECT_MAX_CHANNELS.0 && c_out <= DIRECT_MAX_CHANNELS.1 {
             Algorithm::Direct(DirectWeights::new(weight, (c_in, c_out, kernel)))
         } else {
-            return Self::direct(
-                isa,
-                weight,
-                bias,
-                (c_in, c_out, kernel),
-                stride,
-                padding,
-                activation,
-            );
+            Algorithm::Im2col(im2col_weights(isa, weight, (c_in, c_out, kernel)))
         };
+        Self::with_algorithm(
+            algorithm,
+            bias,
+            (c_in, c_out, kernel),
+            stride,
+            padding,
+            activation,
+        )
+    }
+
+    /// The one constructor behind [`Conv::new`] and [`Conv::direct`].
+    fn with_algorithm(
+        algorithm: Algorithm,
+        bias: Vec<f32>,
+        (c_in, c_out, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Self {
         assert_eq!(bias.len(), c_out);
         Self {
             c_in,
@@ -262,24 +288,15 @@ impl Conv {
         padding: Padding,
         activation: Activation,
     ) -> Self {
-        assert_eq!(weight.len(), c_out * c_in * kernel * kernel);
-        assert_eq!(bias.len(), c_out);
-        let kk = kernel * kernel;
-        // Depth index (ky, kx, ci) of the GEMM reads OIHW element (o, ci, ky, kx).
-        let weights = PackedB::new(isa, kk * c_in, c_out, |k, o| {
-            let (tap, ci) = (k / c_in, k % c_in);
-            weight[(o * c_in + ci) * kk + tap]
-        });
-        Self {
-            c_in,
-            c_out,
-            kernel,
+        let weights = im2col_weights(isa, weight, (c_in, c_out, kernel));
+        Self::with_algorithm(
+            Algorithm::Im2col(weights),
+            bias,
+            (c_in, c_out, kernel),
             stride,
             padding,
-            algorithm: Algorithm::Im2col(weights),
-            bias,
             activation,
-        }
+        )
     }
 
     pub fn geometry(&self, (n, h, w): (usize, usize, usize)) -> Geometry {
