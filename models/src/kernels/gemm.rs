@@ -92,6 +92,12 @@ pub(crate) struct Store {
     /// `cols` values each; or null.
     pub residual: *const f32,
     pub ldr: usize,
+    /// Depths of the block of `B` the next strip will multiply, from `next_b` on, for the
+    /// microkernel to ask into L2 while it works from a block already in L1: the panels after
+    /// a strip's first share that block out, so that it arrives before the next strip's
+    /// first panel needs it. Null and 0 for none.
+    pub next_b: *const f32,
+    pub next_depths: usize,
 }
 
 impl Store {
@@ -105,6 +111,8 @@ impl Store {
             activation: Activation::None,
             residual: std::ptr::null(),
             ldr: 0,
+            next_b: std::ptr::null(),
+            next_depths: 0,
         }
     }
 
@@ -451,12 +459,29 @@ unsafe fn gemm_block(
             let last = kb + 1 == k_blocks;
             for s in strips.clone() {
                 let strip = &b.strip(s)[k0 * nr..];
+                // The block after this one: the next strip's, or the first strip's of the
+                // next depth block.
+                let next_b = if s + 1 < strips.end {
+                    b.strip(s + 1)[k0 * nr..].as_ptr()
+                } else if !last {
+                    b.strip(strips.start)[(k0 + kc) * nr..].as_ptr()
+                } else {
+                    std::ptr::null()
+                };
+                // Panels 1.. (or 0 alone) each ask for a share of its depths.
+                let sharers = (panels - 1).max(1);
+                let share = kc.div_ceil(sharers);
                 let col0 = s * nr;
                 let cols = nr.min(n - col0);
                 for p in 0..panels {
                     let row0 = rows.start + p * mr;
                     let mut store =
                         Store::plain(mr.min(rows.end - row0), cols, kb > 0 || accumulate);
+                    if !next_b.is_null() && (p > 0 || panels == 1) {
+                        let first = p.saturating_sub(1) * share;
+                        store.next_b = next_b.wrapping_add(first * nr);
+                        store.next_depths = share;
+                    }
                     if last {
                         store.bias = epilogue
                             .bias

@@ -60,6 +60,21 @@ unsafe fn prefetch_strip(b: *const f32, p: usize) {
     }
 }
 
+/// Asks the two cache lines of depth `p` of the next block of `B` (`next`, or null) into
+/// L2: spread over one panel's depth loop, the next strip's block arrives while this one is
+/// multiplied from L1, instead of stalling the first panel of the next strip.
+#[inline(always)]
+unsafe fn prefetch_next(next: *const f32, depths: usize, p: usize) {
+    if p < depths {
+        let at = next.wrapping_add(p * 32).cast::<i8>();
+        // SAFETY: as in `prefetch_strip`.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(at);
+            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64));
+        }
+    }
+}
+
 /// [`avx512_12x32`] for a panel with only `rows` rows inside `C` (the last panel of a
 /// product whose rows are not a multiple of 12): multiplies those rows only. A 7x7 map has
 /// 49 rows, 4 whole panels and 1 row, so this saves most of a fifth of those products.
@@ -112,11 +127,13 @@ unsafe fn avx512_panel<const R: usize>(
 ) {
     const MR: usize = 12;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
         // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
         // operands.
         unsafe {
             prefetch_strip(b, p);
+            prefetch_next(next, next_depths, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             let ap = a.add(p * MR);
@@ -179,10 +196,12 @@ unsafe fn avx512_12x32_rows(
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     // SAFETY: rows i < MR start inside the operand (the caller's contract).
     let rows: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.add(i * lda) });
+    let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
         // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
         unsafe {
             prefetch_strip(b, p);
+            prefetch_next(next, next_depths, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for (acc, row) in acc.iter_mut().zip(rows) {
