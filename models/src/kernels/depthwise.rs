@@ -70,6 +70,37 @@ impl Depthwise {
         let g = self.geometry(dims);
         let row = g.out_width * self.channels;
         let output = &mut output[..g.batch * g.out_height * row];
+        if uses_rows_kernel(self, g.out_width) {
+            // Each image's rows in as many runs as threads, a run per task.
+            let threads = if parallel(8 * output.len() * self.kernel * self.kernel) {
+                rayon::current_num_threads()
+            } else {
+                1
+            };
+            let run_rows = g.out_height.div_ceil(threads.div_ceil(g.batch)).max(1);
+            let tasks: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = output
+                .chunks_mut(g.out_height * row)
+                .enumerate()
+                .flat_map(|(image, out)| {
+                    out.chunks_mut(run_rows * row)
+                        .enumerate()
+                        .map(move |(i, out)| {
+                            let start = i * run_rows;
+                            (image, start..start + out.len() / row, out)
+                        })
+                })
+                .collect();
+            let run = |(image, rows, out): (usize, std::ops::Range<usize>, &mut [f32])| {
+                let mut padded = Vec::new();
+                depthwise_rows(isa, self, &g, input, image, 0, rows, out, &mut padded);
+            };
+            if threads > 1 {
+                tasks.into_par_iter().for_each(run);
+            } else {
+                tasks.into_iter().for_each(run);
+            }
+            return;
+        }
         let run = |(r, out): (usize, &mut [f32])| {
             let (image, oy) = (r / g.out_height, r % g.out_height);
             depthwise_row(isa, self, &g, input, image, 0, oy, out);
@@ -142,10 +173,10 @@ multiversion! {
                     let x = &input[row..row + ((GROUP - 1) * s + k - 1) * c + LANES];
                     let w = &dw.weights[ky * k * c + c0..][..(k - 1) * c + LANES];
                     match (k, s) {
-                        (3, 1) => tap_row::<FMA, 3, 1>(&mut acc, x, w, c),
-                        (3, 2) => tap_row::<FMA, 3, 2>(&mut acc, x, w, c),
-                        (5, 1) => tap_row::<FMA, 5, 1>(&mut acc, x, w, c),
-                        (5, 2) => tap_row::<FMA, 5, 2>(&mut acc, x, w, c),
+                        (3, 1) => tap_row::<FMA, GROUP, 3, 1>(&mut acc, x, w, c),
+                        (3, 2) => tap_row::<FMA, GROUP, 3, 2>(&mut acc, x, w, c),
+                        (5, 1) => tap_row::<FMA, GROUP, 5, 1>(&mut acc, x, w, c),
+                        (5, 2) => tap_row::<FMA, GROUP, 5, 2>(&mut acc, x, w, c),
                         _ => {
                             for kx in 0..k {
                                 // SAFETY: kx < k, so (k - 1) * c + LANES bounds this read.
@@ -229,19 +260,143 @@ multiversion! {
     }
 }
 
-/// One row of `K` taps for the `GROUP` pixels of a group, stride `S`, with `x` and `w` as
-/// [`depthwise_row`] slices them. With the window known at compile time the loops unroll,
+/// Whether [`Depthwise::run`] and the fused blocks compute this layer with
+/// [`depthwise_rows`] on output rows `out_width` wide, rather than row by row: whole
+/// register blocks of channels, a window it has unrolled (those of EfficientNet-Lite0), and
+/// a small map, where the row kernel's cut windows and weight reloads cost more than the
+/// padded copy. Single-thread medians (`cargo bench -p edgemm-models --bench depthwise`),
+/// row kernel -> this one: 7x7x1152 5x5 94 -> 45 us, 3x3 42 -> 25; 14x14x672 5x5 170 ->
+/// 100, at stride 2 52 -> 40; 14x14x480 3x3 48 -> 37; 28x28x240 5x5 180 -> 121. Slower, and
+/// so left to the row kernel: 28x28x240 3x3 stride 2 (27 -> 36 us; its copy is four times its
+/// output for nine taps), 56x56x144 5x5 stride 2 (140 -> 148), 56x56x144 3x3 (244 -> 290).
+pub(crate) fn uses_rows_kernel(dw: &Depthwise, out_width: usize) -> bool {
+    let window = matches!((dw.kernel, dw.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
+    let small = match dw.stride {
+        1 => out_width <= 28,
+        _ => dw.kernel == 5 && out_width <= 14,
+    };
+    dw.channels.is_multiple_of(LANES) && window && small
+}
+
+multiversion! {
+    /// Output rows `rows` of image `image` into `out` (those rows only), with `input` as
+    /// [`depthwise_row`] takes it, for a layer that [`uses_rows_kernel`].
+    ///
+    /// One block of [`LANES`] channels at a time through all the rows: the block's input
+    /// is copied, zero-padded, into `padded` (a few KiB, in L1), and its `k x k` weight
+    /// vectors into a contiguous array. Every pixel then runs its whole window with no test
+    /// for the padding, `GROUP` pixels sharing each row's input loads, and each weight
+    /// vector is loaded once per group. On small maps, where most windows are cut by the
+    /// padding and a row holds a few pixels, the row kernel instead reloads every block's
+    /// weights (from L2) for every pixel of every row.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn depthwise_rows(
+        dw: &Depthwise,
+        g: &Geometry,
+        input: &[f32],
+        image: usize,
+        first_row: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut [f32],
+        padded: &mut Vec<f32>,
+    ) {
+        let (c, k, s, ow) = (dw.channels, g.kernel, g.stride, g.out_width);
+        assert!(uses_rows_kernel(dw, ow), "no rows kernel for this layer");
+        assert!(out.len() >= rows.len() * ow * c, "output too small");
+        if rows.is_empty() || ow == 0 {
+            return;
+        }
+        // The padded input of the rows: row `py` is padded row `rows.start * s + py`,
+        // column `px` padded column `px`.
+        let (hp, wp) = ((rows.len() - 1) * s + k, (ow - 1) * s + k);
+        if padded.len() < hp * wp * LANES {
+            padded.resize(hp * wp * LANES, 0.0);
+        }
+        let padded = &mut padded[..hp * wp * LANES];
+        let inside = |at: usize, pad: usize, size: usize| at.checked_sub(pad).filter(|&i| i < size);
+        for c0 in (0..c).step_by(LANES) {
+            for (py, dst) in padded.chunks_exact_mut(wp * LANES).enumerate() {
+                let Some(iy) = inside(rows.start * s + py, g.pad_top, g.height) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let row = (image * g.height + iy - first_row) * g.width * c + c0;
+                for (px, dst) in dst.chunks_exact_mut(LANES).enumerate() {
+                    match inside(px, g.pad_left, g.width) {
+                        Some(ix) => dst.copy_from_slice(&input[row + ix * c..][..LANES]),
+                        None => dst.fill(0.0),
+                    }
+                }
+            }
+            let mut weights = [[0f32; LANES]; 25];
+            for (tap, w) in weights.iter_mut().take(k * k).enumerate() {
+                *w = dw.weights[tap * c + c0..][..LANES].try_into().unwrap();
+            }
+            let weights = weights.as_flattened();
+            let bias: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
+            for oy in rows.clone() {
+                let r = oy - rows.start;
+                let mut ox = 0;
+                while ox < ow {
+                    let group = (ow - ox).min(GROUP);
+                    let x = &padded[(r * s * wp + ox * s) * LANES..];
+                    let out = &mut out[(r * ow + ox) * c + c0..];
+                    match group {
+                        4 => pixels::<FMA, 4>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                        3 => pixels::<FMA, 3>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                        2 => pixels::<FMA, 2>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                        _ => pixels::<FMA, 1>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                    }
+                    ox += group;
+                }
+            }
+        }
+    }
+}
+
+/// `G` neighbouring output pixels of [`depthwise_rows`]: `x` is the padded input from the
+/// first pixel's window on (rows `wp` pixels apart), `weights` the block's `k x k` vectors,
+/// `out` the first pixel's output (pixels `c` apart).
+#[inline(always)]
+fn pixels<const FMA: bool, const G: usize>(
+    x: &[f32],
+    weights: &[f32],
+    bias: &[f32; LANES],
+    (k, s, wp): (usize, usize, usize),
+    out: &mut [f32],
+    c: usize,
+    activation: Activation,
+) {
+    let mut acc = [*bias; G];
+    for ky in 0..k {
+        let x = &x[ky * wp * LANES..];
+        let w = &weights[ky * k * LANES..];
+        match (k, s) {
+            (3, 1) => tap_row::<FMA, G, 3, 1>(&mut acc, x, w, LANES),
+            (3, 2) => tap_row::<FMA, G, 3, 2>(&mut acc, x, w, LANES),
+            (5, 1) => tap_row::<FMA, G, 5, 1>(&mut acc, x, w, LANES),
+            _ => tap_row::<FMA, G, 5, 2>(&mut acc, x, w, LANES),
+        }
+    }
+    for (q, acc) in acc.iter_mut().enumerate() {
+        activation.apply(acc);
+        out[q * c..q * c + LANES].copy_from_slice(acc);
+    }
+}
+
+/// One row of `K` taps for the `G` pixels of a group, stride `S`, with `x` and `w` as
+/// [`depthwise_row`] slices them (both `c` apart from tap to tap). With the window known at compile time the loops unroll,
 /// and at stride 1 an input column shared by neighbouring pixels' taps (pixel `q`'s tap `kx`
 /// is pixel `q + 1`'s tap `kx - 1`) is loaded once: `GROUP + K - 1` input loads instead of
 /// `GROUP * K`.
 #[inline(always)]
-fn tap_row<const FMA: bool, const K: usize, const S: usize>(
-    acc: &mut [[f32; LANES]; GROUP],
+fn tap_row<const FMA: bool, const G: usize, const K: usize, const S: usize>(
+    acc: &mut [[f32; LANES]; G],
     x: &[f32],
     w: &[f32],
     c: usize,
 ) {
-    assert!(x.len() >= ((GROUP - 1) * S + K - 1) * c + LANES && w.len() >= (K - 1) * c + LANES);
+    assert!(x.len() >= ((G - 1) * S + K - 1) * c + LANES && w.len() >= (K - 1) * c + LANES);
     for kx in 0..K {
         // SAFETY: kx < K, bounded by the assert.
         let w = unsafe { load(w, kx * c) };
@@ -340,12 +495,28 @@ mod tests {
                     padding,
                     Activation::Relu6,
                 );
+                let input = to_nhwc(&x, (n, c, h, w));
                 let mut out = vec![f32::NAN; expected.len()];
-                dw.run(isa, &to_nhwc(&x, (n, c, h, w)), (n, h, w), &mut out);
+                dw.run(isa, &input, (n, h, w), &mut out);
                 let err = max_relative_error(&out, &expected);
                 assert!(
                     err <= 1e-4,
                     "{} case {case} k{kernel} s{stride} {padding:?}: {err:e}",
+                    isa.name()
+                );
+                // `run` takes the rows kernel for these small maps where it can; the row
+                // kernel (larger maps' path) must agree too.
+                let g = dw.geometry((n, h, w));
+                let row = ow * c;
+                let mut by_row = vec![f32::NAN; expected.len()];
+                for (r, out) in by_row.chunks_mut(row).enumerate() {
+                    let (image, oy) = (r / oh, r % oh);
+                    depthwise_row(isa, &dw, &g, &input, image, 0, oy, out);
+                }
+                let err = max_relative_error(&by_row, &expected);
+                assert!(
+                    err <= 1e-4,
+                    "row kernel, {} case {case} k{kernel} s{stride} {padding:?}: {err:e}",
                     isa.name()
                 );
             }

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::Conv;
-use super::depthwise::{depthwise_row, Depthwise};
+use super::depthwise::{depthwise_row, depthwise_rows, uses_rows_kernel, Depthwise};
 use super::gemm::{self, Epilogue, PackedB, RowMajor};
 use super::{parallel, Activation, Isa, SyncPtr};
 use crate::layers::Padding;
@@ -81,7 +81,8 @@ pub struct MbConv {
 
 thread_local! {
     /// Each thread's expanded band and depthwise band, reused across calls.
-    static BANDS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static BANDS: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 impl MbConv {
@@ -346,7 +347,7 @@ impl MbConv {
         let (k, s, ow) = (g.kernel, g.stride, g.out_width);
         let image_input = &input[image * h * w * c_in..(image + 1) * h * w * c_in];
         let strips = c_out.div_ceil(part.project.nr());
-        BANDS.with_borrow_mut(|(expanded, dw_out)| {
+        BANDS.with_borrow_mut(|(expanded, dw_out, padded)| {
             // Grown, never shrunk (shrinking and growing again would zero-fill every call).
             let rows_held = ((band - 1) * s + k).min(h);
             if part.expand.is_some() && expanded.len() < rows_held * w * width {
@@ -388,18 +389,32 @@ impl MbConv {
                     None => (input, image, 0),
                 };
                 let band_rows = oy1 - oy0;
-                for oy in oy0..oy1 {
-                    let row = &mut dw_out[(oy - oy0) * ow * width..(oy - oy0 + 1) * ow * width];
-                    depthwise_row(
+                if uses_rows_kernel(&part.depthwise, ow) {
+                    depthwise_rows(
                         isa,
                         &part.depthwise,
                         &g,
                         source,
                         source_image,
                         first_row,
-                        oy,
-                        row,
+                        oy0..oy1,
+                        &mut dw_out[..],
+                        padded,
                     );
+                } else {
+                    for oy in oy0..oy1 {
+                        let row = &mut dw_out[(oy - oy0) * ow * width..(oy - oy0 + 1) * ow * width];
+                        depthwise_row(
+                            isa,
+                            &part.depthwise,
+                            &g,
+                            source,
+                            source_image,
+                            first_row,
+                            oy,
+                            row,
+                        );
+                    }
                 }
                 let at = (oy0 - rows.start) * ow * c_out;
                 let len = band_rows * ow * c_out;
