@@ -119,6 +119,9 @@ impl Depthwise {
 const LANES: usize = 16;
 /// Output pixels computed together.
 const GROUP: usize = 4;
+/// Output pixels [`depthwise_rows`] computes together: a whole row of a 7x7 map, half a
+/// 14x14 one's.
+const ROWS_GROUP: usize = 7;
 
 multiversion! {
     /// One output row `(image, oy)` of a depthwise convolution, reading an `input` that starts
@@ -264,11 +267,12 @@ multiversion! {
 /// [`depthwise_rows`] on output rows `out_width` wide, rather than row by row: whole
 /// register blocks of channels, a window it has unrolled (those of EfficientNet-Lite0), and
 /// a small map, where the row kernel's cut windows and weight reloads cost more than the
-/// padded copy. Single-thread medians (`cargo bench -p edgemm-models --bench depthwise`),
-/// row kernel -> this one: 7x7x1152 5x5 94 -> 45 us, 3x3 42 -> 25; 14x14x672 5x5 170 ->
-/// 100, at stride 2 52 -> 40; 14x14x480 3x3 48 -> 37; 28x28x240 5x5 180 -> 121. Slower, and
-/// so left to the row kernel: 28x28x240 3x3 stride 2 (27 -> 36 us; its copy is four times its
-/// output for nine taps), 56x56x144 5x5 stride 2 (140 -> 148), 56x56x144 3x3 (244 -> 290).
+/// padded copy. Single-thread medians (`cargo bench -p edgemm-models --bench depthwise`, the
+/// lowest of alternating runs), row kernel -> this one: 7x7x1152 5x5 94 -> 37 us, 3x3 42 ->
+/// 22; 14x14x672 5x5 170 -> 79, at stride 2 52 -> 36; 14x14x480 3x3 48 -> 32; 28x28x240 5x5
+/// 180 -> 100. Slower, and so left to the row kernel: 28x28x240 3x3 stride 2 (27 -> 36 us;
+/// its copy is four times its output for nine taps), 56x56x144 5x5 stride 2 (140 -> 148),
+/// 56x56x144 3x3 (244 -> 290).
 pub(crate) fn uses_rows_kernel(dw: &Depthwise, out_width: usize) -> bool {
     let window = matches!((dw.kernel, dw.stride), (3, 1) | (3, 2) | (5, 1) | (5, 2));
     let small = match dw.stride {
@@ -338,10 +342,13 @@ multiversion! {
                 let r = oy - rows.start;
                 let mut ox = 0;
                 while ox < ow {
-                    let group = (ow - ox).min(GROUP);
+                    let group = (ow - ox).min(ROWS_GROUP);
                     let x = &padded[(r * s * wp + ox * s) * LANES..];
                     let out = &mut out[(r * ow + ox) * c + c0..];
                     match group {
+                        7 => pixels::<FMA, 7>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                        6 => pixels::<FMA, 6>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
+                        5 => pixels::<FMA, 5>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
                         4 => pixels::<FMA, 4>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
                         3 => pixels::<FMA, 3>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
                         2 => pixels::<FMA, 2>(x, weights, &bias, (k, s, wp), out, c, dw.activation),
