@@ -211,25 +211,6 @@ impl Conv {
         } else {
             Algorithm::Im2col(im2col_weights(isa, weight, (c_in, c_out, kernel)))
         };
-        Self::with_algorithm(
-            algorithm,
-            bias,
-            (c_in, c_out, kernel),
-            stride,
-            padding,
-            activation,
-        )
-    }
-
-    /// The one constructor behind [`Conv::new`] and [`Conv::direct`].
-    fn with_algorithm(
-        algorithm: Algorithm,
-        bias: Vec<f32>,
-        (c_in, c_out, kernel): (usize, usize, usize),
-        stride: usize,
-        padding: Padding,
-        activation: Activation,
-    ) -> Self {
         assert_eq!(bias.len(), c_out);
         Self {
             c_in,
@@ -277,26 +258,15 @@ impl Conv {
         }
     }
 
-    /// As [`Conv::new`], always through im2col.
-    #[allow(clippy::too_many_arguments)]
-    pub fn direct(
-        isa: Isa,
-        weight: &[f32],
-        bias: Vec<f32>,
-        (c_in, c_out, kernel): (usize, usize, usize),
-        stride: usize,
-        padding: Padding,
-        activation: Activation,
-    ) -> Self {
-        let weights = im2col_weights(isa, weight, (c_in, c_out, kernel));
-        Self::with_algorithm(
-            Algorithm::Im2col(weights),
-            bias,
-            (c_in, c_out, kernel),
-            stride,
-            padding,
-            activation,
-        )
+    /// The same convolution through im2col, whatever [`Conv::new`] chose: the reference the
+    /// other algorithms' tests compare with. `weight` is the one it was made from.
+    #[cfg(test)]
+    pub(crate) fn into_im2col(self, isa: Isa, weight: &[f32]) -> Self {
+        let weights = im2col_weights(isa, weight, (self.c_in, self.c_out, self.kernel));
+        Self {
+            algorithm: Algorithm::Im2col(weights),
+            ..self
+        }
     }
 
     pub fn geometry(&self, (n, h, w): (usize, usize, usize)) -> Geometry {

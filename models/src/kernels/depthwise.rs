@@ -70,47 +70,34 @@ impl Depthwise {
         let g = self.geometry(dims);
         let row = g.out_width * self.channels;
         let output = &mut output[..g.batch * g.out_height * row];
-        if uses_rows_kernel(self, g.out_width) {
-            // Each image's rows in as many runs as threads, a run per task.
-            let threads = if parallel(8 * output.len() * self.kernel * self.kernel) {
-                rayon::current_num_threads()
-            } else {
-                1
-            };
-            let run_rows = g.out_height.div_ceil(threads.div_ceil(g.batch)).max(1);
-            let tasks: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = output
-                .chunks_mut(g.out_height * row)
-                .enumerate()
-                .flat_map(|(image, out)| {
-                    out.chunks_mut(run_rows * row)
-                        .enumerate()
-                        .map(move |(i, out)| {
-                            let start = i * run_rows;
-                            (image, start..start + out.len() / row, out)
-                        })
-                })
-                .collect();
-            let run = |(image, rows, out): (usize, std::ops::Range<usize>, &mut [f32])| {
-                let mut padded = Vec::new();
-                depthwise_rows(isa, self, &g, input, image, 0, rows, out, &mut padded);
-            };
-            if threads > 1 {
-                tasks.into_par_iter().for_each(run);
-            } else {
-                tasks.into_iter().for_each(run);
-            }
-            return;
-        }
-        let run = |(r, out): (usize, &mut [f32])| {
-            let (image, oy) = (r / g.out_height, r % g.out_height);
-            depthwise_row(isa, self, &g, input, image, 0, oy, out);
-        };
         // A depthwise multiply-add loads its input (no register blocking over output
         // channels as in the GEMM), so it is weighted like the matrix-vector product's.
-        if parallel(8 * output.len() * self.kernel * self.kernel) {
-            output.par_chunks_mut(row).enumerate().for_each(run);
+        let threads = if parallel(8 * output.len() * self.kernel * self.kernel) {
+            rayon::current_num_threads()
         } else {
-            output.chunks_mut(row).enumerate().for_each(run);
+            1
+        };
+        // Each image's rows in as many runs as threads, a run per task.
+        let run_rows = g.out_height.div_ceil(threads.div_ceil(g.batch)).max(1);
+        let tasks: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = output
+            .chunks_mut(g.out_height * row)
+            .enumerate()
+            .flat_map(|(image, out)| {
+                out.chunks_mut(run_rows * row)
+                    .enumerate()
+                    .map(move |(i, out)| {
+                        let start = i * run_rows;
+                        (image, start..start + out.len() / row, out)
+                    })
+            })
+            .collect();
+        let run = |(image, rows, out): (usize, std::ops::Range<usize>, &mut [f32])| {
+            depthwise_band(isa, self, &g, input, (image, 0), rows, out, &mut Vec::new());
+        };
+        if threads > 1 {
+            tasks.into_par_iter().for_each(run);
+        } else {
+            tasks.into_iter().for_each(run);
         }
     }
 }
@@ -259,6 +246,31 @@ multiversion! {
                 }
                 dw.activation.apply(acc);
             }
+        }
+    }
+}
+
+/// Output rows `rows` of image `image` (of an `input` that starts at row `first_row` of the
+/// image, as [`depthwise_row`] takes it) into `out`, those rows only: through
+/// [`depthwise_rows`] (with `padded` as its scratch) where the layer [`uses_rows_kernel`],
+/// else row by row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_band(
+    isa: Isa,
+    dw: &Depthwise,
+    g: &Geometry,
+    input: &[f32],
+    (image, first_row): (usize, usize),
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    padded: &mut Vec<f32>,
+) {
+    if uses_rows_kernel(dw, g.out_width) {
+        depthwise_rows(isa, dw, g, input, image, first_row, rows, out, padded);
+    } else {
+        let row = g.out_width * dw.channels;
+        for (oy, out) in rows.zip(out.chunks_mut(row)) {
+            depthwise_row(isa, dw, g, input, image, first_row, oy, out);
         }
     }
 }

@@ -266,17 +266,6 @@ mod tests {
                 let out_len = geometry.out_pixels() * c_out;
                 let residual = rng.vec(out_len);
                 let shape = (c_in, c_out, kernel);
-                let reference = Conv::direct(
-                    isa,
-                    &weight,
-                    bias.clone(),
-                    shape,
-                    stride,
-                    padding,
-                    Activation::Relu6,
-                );
-                let mut expected = vec![0f32; out_len];
-                reference.run(isa, &x, (n, h, w), &mut expected, Some(&residual));
                 let conv = Conv::new(
                     isa,
                     &weight,
@@ -288,6 +277,9 @@ mod tests {
                 );
                 let mut out = vec![f32::NAN; out_len + 5];
                 conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));
+                let reference = conv.into_im2col(isa, &weight);
+                let mut expected = vec![0f32; out_len];
+                reference.run(isa, &x, (n, h, w), &mut expected, Some(&residual));
                 assert!(
                     out[out_len..].iter().all(|v| v.is_nan()),
                     "wrote past the output"

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::conv::Conv;
-use super::depthwise::{depthwise_row, depthwise_rows, uses_rows_kernel, Depthwise};
+use super::depthwise::{depthwise_band, Depthwise};
 use super::gemm::{self, Epilogue, PackedB, RowMajor};
 use super::{parallel, Activation, Isa, SyncPtr};
 use crate::layers::Padding;
@@ -389,33 +389,16 @@ impl MbConv {
                     None => (input, image, 0),
                 };
                 let band_rows = oy1 - oy0;
-                if uses_rows_kernel(&part.depthwise, ow) {
-                    depthwise_rows(
-                        isa,
-                        &part.depthwise,
-                        &g,
-                        source,
-                        source_image,
-                        first_row,
-                        oy0..oy1,
-                        &mut dw_out[..],
-                        padded,
-                    );
-                } else {
-                    for oy in oy0..oy1 {
-                        let row = &mut dw_out[(oy - oy0) * ow * width..(oy - oy0 + 1) * ow * width];
-                        depthwise_row(
-                            isa,
-                            &part.depthwise,
-                            &g,
-                            source,
-                            source_image,
-                            first_row,
-                            oy,
-                            row,
-                        );
-                    }
-                }
+                depthwise_band(
+                    isa,
+                    &part.depthwise,
+                    &g,
+                    source,
+                    (source_image, first_row),
+                    oy0..oy1,
+                    &mut dw_out[..band_rows * ow * width],
+                    padded,
+                );
                 let at = (oy0 - rows.start) * ow * c_out;
                 let len = band_rows * ow * c_out;
                 let a = RowMajor {

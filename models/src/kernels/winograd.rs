@@ -597,7 +597,7 @@ mod tests {
                 let x = rng.vec(n * h * w * c_in);
                 let weight = rng.vec(c_out * c_in * 9);
                 let bias = rng.vec(c_out);
-                let direct = Conv::direct(
+                let direct = Conv::new(
                     isa,
                     &weight,
                     bias.clone(),
@@ -605,7 +605,8 @@ mod tests {
                     1,
                     padding,
                     Activation::Relu,
-                );
+                )
+                .into_im2col(isa, &weight);
                 let g = direct.geometry((n, h, w));
                 let residual = rng.vec(g.out_pixels() * c_out);
                 let mut expected = vec![0f32; g.out_pixels() * c_out];
