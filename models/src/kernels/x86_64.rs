@@ -60,9 +60,9 @@ unsafe fn prefetch_strip(b: *const f32, p: usize) {
     }
 }
 
-/// Asks the two cache lines of depth `p` of the next block of `B` (`next`, or null) into
-/// L2: spread over one panel's depth loop, the next strip's block arrives while this one is
-/// multiplied from L1, instead of stalling the first panel of the next strip.
+/// Asks the two cache lines of depth `p` of this panel's share of the next block of `B`
+/// (`next`, `depths` deep; see [`Store::next_b`]) into L2: the next strip's block arrives
+/// while this one is multiplied from L1, instead of stalling the next strip's first panel.
 #[inline(always)]
 unsafe fn prefetch_next(next: *const f32, depths: usize, p: usize) {
     if p < depths {
