@@ -563,23 +563,25 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
     }
 }
 
-/// `acc[j] = sum_p row[p] * strip[p * NR + j]`: on AVX-512 the hand-written kernel (sums in
-/// registers, the weights prefetched), elsewhere the portable loop compiled for the `Isa`.
+/// `acc[j] = sum_p row[p] * strip[p * NR + j]`: on AVX-512 and AVX2 the hand-written kernels
+/// (sums in registers, the weights prefetched), elsewhere the portable loop compiled for the
+/// `Isa`.
 fn gemv_strip(isa: Isa, row: &[f32], strip: &[f32], acc: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa.arch() == super::Arch::Avx512 && acc.len() == 32 {
-        assert!(strip.len() >= 32 * row.len(), "strip too short");
-        // SAFETY: the row holds k values, the strip (checked) 32 * k, acc 32; the Isa is
-        // AVX-512, which it can only be when the CPU has it.
-        unsafe {
-            super::x86_64::avx512_gemv_strip(
-                row.len(),
-                row.as_ptr(),
-                strip.as_ptr(),
-                acc.as_mut_ptr(),
-            )
+    {
+        type Kernel = unsafe fn(usize, *const f32, *const f32, *mut f32);
+        let kernel: Option<(usize, Kernel)> = match isa.arch() {
+            super::Arch::Avx512 => Some((32, super::x86_64::avx512_gemv_strip)),
+            super::Arch::Avx2 => Some((16, super::x86_64::avx2_gemv_strip)),
+            _ => None,
         };
-        return;
+        if let Some((nr, kernel)) = kernel.filter(|(nr, _)| acc.len() == *nr) {
+            assert!(strip.len() >= nr * row.len(), "strip too short");
+            // SAFETY: the row holds k values, the strip (checked) nr * k, acc nr; the Isa
+            // is the kernel's, which it can only be when the CPU has it.
+            unsafe { kernel(row.len(), row.as_ptr(), strip.as_ptr(), acc.as_mut_ptr()) };
+            return;
+        }
     }
     gemv_strip_loop(isa, row, strip, acc);
 }

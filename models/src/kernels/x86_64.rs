@@ -334,7 +334,11 @@ unsafe fn store_avx512<const R: usize>(
 }
 
 /// [`store_avx512`] for the 6 x 16 AVX2 tile (vector `i` is row `i / 2`, columns
-/// `8 (i % 2)..+8`), with AVX2's masked loads and stores.
+/// `8 (i % 2)..+8`). A tile as wide as the strip is written with plain loads and stores;
+/// only an edge tile uses AVX2's masked ones, because AMD's Zen cores run a masked store
+/// (`vmaskmovps` to memory) as a microcoded sequence of tens of micro-ops: with masks on
+/// every tile, the stores of a shallow product (the 1x1 expansions' 16-32 depths) took
+/// longer than its multiply-adds.
 ///
 /// # Safety
 /// See [`Microkernel::run`]; the CPU must have AVX2, and the caller is compiled for it.
@@ -351,12 +355,24 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
     // SAFETY (all loads and stores below): a lane is touched only when its mask is set, that
     // is for columns < cols of rows < rows, which the contract makes valid. Addresses are
     // formed with `wrapping_add`, as a wholly masked-off half may start past the end.
+    // Every lane of the tile exists: plain loads and stores (see above).
+    let full = store.cols >= 16;
+    // A macro, not a closure: as for `row!` below, a closure may stay out of line (and
+    // outside the caller's target features).
+    // Used inside `unsafe` blocks only: when `full`, all 16 columns of each row exist.
+    macro_rules! load {
+        ($at:expr, $h:expr) => {
+            if full {
+                _mm256_loadu_ps($at)
+            } else {
+                _mm256_maskload_ps($at, mask[$h])
+            }
+        };
+    }
     let bias = if store.bias.is_null() {
         [zero; 2]
     } else {
-        std::array::from_fn(|h| unsafe {
-            _mm256_maskload_ps(store.bias.wrapping_add(8 * h), mask[h])
-        })
+        unsafe { [load!(store.bias, 0), load!(store.bias.wrapping_add(8), 1)] }
     };
     let epilogue = store.has_epilogue();
     macro_rules! row {
@@ -368,7 +384,7 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
                 let at = c.wrapping_add(i * ldc + 8 * h);
                 let mut v = v;
                 if store.accumulate {
-                    v = _mm256_add_ps(v, _mm256_maskload_ps(at, mask[h]));
+                    v = _mm256_add_ps(v, load!(at, h));
                 }
                 if epilogue {
                     v = _mm256_add_ps(v, bias[h]);
@@ -381,10 +397,14 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
                     };
                     if !store.residual.is_null() {
                         let r = store.residual.wrapping_add(i * store.ldr + 8 * h);
-                        v = _mm256_add_ps(v, _mm256_maskload_ps(r, mask[h]));
+                        v = _mm256_add_ps(v, load!(r, h));
                     }
                 }
-                _mm256_maskstore_ps(at, mask[h], v);
+                if full {
+                    _mm256_storeu_ps(at, v);
+                } else {
+                    _mm256_maskstore_ps(at, mask[h], v);
+                }
             }
         }
         }};
@@ -444,5 +464,51 @@ pub(super) unsafe fn avx512_gemv_strip(k: usize, x: *const f32, strip: *const f3
     unsafe {
         _mm512_storeu_ps(acc, lo);
         _mm512_storeu_ps(acc.add(16), hi);
+    }
+}
+
+/// [`avx512_gemv_strip`] for AVX2's 16-column strips: `acc[0..16] = sum_p x[p] *
+/// strip[p * 16 ..][..16]`, four depths per step in independent accumulators, the weights
+/// asked for [`GEMV_PREFETCH`] bytes ahead. The portable loop it replaces kept its sums in
+/// memory (a load and a store per multiply-add).
+///
+/// # Safety
+/// `x` holds `k` values, `strip` `16 * k` and `acc` 16; the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn avx2_gemv_strip(k: usize, x: *const f32, strip: *const f32, acc: *mut f32) {
+    let mut sum = [_mm256_setzero_ps(); 8];
+    let steps = k / 4;
+    for step in 0..steps {
+        let p = step * 4;
+        // SAFETY: depths p..p+4 are below k; prefetches never fault (the address is formed
+        // with wrapping arithmetic and never dereferenced).
+        unsafe {
+            let w = strip.add(p * 16);
+            for line in 0..4 {
+                let ahead = w.cast::<i8>().wrapping_add(GEMV_PREFETCH + 64 * line);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+            }
+            for d in 0..4 {
+                let xd = _mm256_broadcast_ss(&*x.add(p + d));
+                sum[2 * d] = _mm256_fmadd_ps(xd, _mm256_loadu_ps(w.add(16 * d)), sum[2 * d]);
+                sum[2 * d + 1] =
+                    _mm256_fmadd_ps(xd, _mm256_loadu_ps(w.add(16 * d + 8)), sum[2 * d + 1]);
+            }
+        }
+    }
+    for p in steps * 4..k {
+        // SAFETY: p < k.
+        unsafe {
+            let xp = _mm256_broadcast_ss(&*x.add(p));
+            sum[0] = _mm256_fmadd_ps(xp, _mm256_loadu_ps(strip.add(p * 16)), sum[0]);
+            sum[1] = _mm256_fmadd_ps(xp, _mm256_loadu_ps(strip.add(p * 16 + 8)), sum[1]);
+        }
+    }
+    let lo = _mm256_add_ps(_mm256_add_ps(sum[0], sum[2]), _mm256_add_ps(sum[4], sum[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(sum[1], sum[3]), _mm256_add_ps(sum[5], sum[7]));
+    // SAFETY: acc holds 16 values.
+    unsafe {
+        _mm256_storeu_ps(acc, lo);
+        _mm256_storeu_ps(acc.add(8), hi);
     }
 }
