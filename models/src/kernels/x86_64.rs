@@ -2,7 +2,8 @@
 //!
 //! Both keep the whole output tile in registers (24 zmm, or 12 ymm) and, per depth step, load
 //! two vectors of `B` and broadcast `MR` values of `A`: two FMAs per load, as the FMA units
-//! need.
+//! need. Both prefetch their strip of `B` ahead and the next block into L2, and multiply only
+//! the rows of a last, short panel.
 
 use std::arch::x86_64::*;
 
@@ -21,7 +22,7 @@ pub(super) const AVX2: Microkernel = Microkernel {
     mr: 6,
     nr: 16,
     run: avx2_6x16,
-    run_short: None,
+    run_short: Some(avx2_short),
     run_rows: avx2_6x16_rows,
 };
 
@@ -40,37 +41,40 @@ unsafe fn avx512_12x32(
     unsafe { avx512_panel::<12>(kc, a, b, c, ldc, store) }
 }
 
-/// How far ahead of depth `p` the AVX-512 microkernels ask for their strip of `B`, in
-/// depths (of 32 values, two cache lines). A strip's block is read from L3 by the first panel
+/// How far ahead of depth `p` the microkernels ask for their strip of `B`, in depths (of
+/// 32 values, two cache lines, on AVX-512; of 16, one line, on AVX2). A strip's block is read from L3 by the first panel
 /// that multiplies it (the weights of a whole network do not stay in L2 from one forward to
 /// the next), and on few-row products, such as the 49 rows of a 7x7 map, that first pass
 /// is much of the work.
 const B_PREFETCH_DEPTHS: usize = 16;
 
-/// Prefetches the two cache lines of depth `p + B_PREFETCH_DEPTHS` of a 32-column strip.
-/// A prefetch never faults, so it may run past the strip's end (into the next block).
+/// Prefetches depth `p + B_PREFETCH_DEPTHS` of a strip `NR` columns wide (32 on AVX-512, two
+/// cache lines; 16 on AVX2, one). A prefetch never faults, so it may run past the strip's end
+/// (into the next block).
 #[inline(always)]
-unsafe fn prefetch_strip(b: *const f32, p: usize) {
-    let at = b.wrapping_add((p + B_PREFETCH_DEPTHS) * 32).cast::<i8>();
+unsafe fn prefetch_strip<const NR: usize>(b: *const f32, p: usize) {
+    let at = b.wrapping_add((p + B_PREFETCH_DEPTHS) * NR).cast::<i8>();
     // SAFETY: prefetches have no architectural effect beyond the cache; the address is
     // formed with wrapping arithmetic and never dereferenced.
     unsafe {
-        _mm_prefetch::<_MM_HINT_T0>(at);
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+        for line in 0..NR / 16 {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
+        }
     }
 }
 
-/// Asks the two cache lines of depth `p` of this panel's share of the next block of `B`
-/// (`next`, `depths` deep; see [`Store::next_b`]) into L2: the next strip's block arrives
-/// while this one is multiplied from L1, instead of stalling the next strip's first panel.
+/// Asks depth `p` of this panel's share of the next block of `B` (`next`, `depths` deep,
+/// strips `NR` wide; see [`Store::next_b`]) into L2: the next strip's block arrives while
+/// this one is multiplied from L1, instead of stalling the next strip's first panel.
 #[inline(always)]
-unsafe fn prefetch_next(next: *const f32, depths: usize, p: usize) {
+unsafe fn prefetch_next<const NR: usize>(next: *const f32, depths: usize, p: usize) {
     if p < depths {
-        let at = next.wrapping_add(p * 32).cast::<i8>();
+        let at = next.wrapping_add(p * NR).cast::<i8>();
         // SAFETY: as in `prefetch_strip`.
         unsafe {
-            _mm_prefetch::<_MM_HINT_T1>(at);
-            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64));
+            for line in 0..NR / 16 {
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line));
+            }
         }
     }
 }
@@ -132,8 +136,8 @@ unsafe fn avx512_panel<const R: usize>(
         // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
         // operands.
         unsafe {
-            prefetch_strip(b, p);
-            prefetch_next(next, next_depths, p);
+            prefetch_strip::<32>(b, p);
+            prefetch_next::<32>(next, next_depths, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             let ap = a.add(p * MR);
@@ -159,22 +163,75 @@ unsafe fn avx2_6x16(
     ldc: usize,
     store: &Store,
 ) {
+    // SAFETY: the caller's contract, with all 6 rows.
+    unsafe { avx2_panel::<6>(kc, a, b, c, ldc, store) }
+}
+
+/// [`avx2_6x16`] for a panel with only `rows` rows inside `C`, as [`avx512_short`]: a 7x7
+/// map's 49 rows are 8 whole panels and 1 row.
+///
+/// # Safety
+/// See [`Microkernel::run`]; the CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_short(
+    rows: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
+    // SAFETY (every arm): the caller's contract; each kernel reads the first R rows of the
+    // 6-row panel.
+    unsafe {
+        match rows {
+            1 => avx2_panel::<1>(kc, a, b, c, ldc, store),
+            2 => avx2_panel::<2>(kc, a, b, c, ldc, store),
+            3 => avx2_panel::<3>(kc, a, b, c, ldc, store),
+            4 => avx2_panel::<4>(kc, a, b, c, ldc, store),
+            5 => avx2_panel::<5>(kc, a, b, c, ldc, store),
+            _ => avx2_panel::<6>(kc, a, b, c, ldc, store),
+        }
+    }
+}
+
+/// The first `R` rows of a packed 6-row panel times a 16-column strip, the strip asked for
+/// [`B_PREFETCH_DEPTHS`] ahead and the next block into L2, as on AVX-512.
+///
+/// # Safety
+/// See [`Microkernel::run`] (`a` is a 6-row panel); `R <= 6`; the CPU must have AVX2 and
+/// FMA.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_panel<const R: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
     const MR: usize = 6;
-    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
-        // SAFETY: p < kc, so both loads and all MR broadcasts are inside the packed operands.
+        // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
+        // operands.
         unsafe {
+            prefetch_strip::<16>(b, p);
+            prefetch_next::<16>(next, next_depths, p);
             let b0 = _mm256_loadu_ps(b.add(p * 16));
             let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
             let ap = a.add(p * MR);
-            for i in 0..MR {
+            for (i, acc) in acc.iter_mut().enumerate() {
                 let ai = _mm256_broadcast_ss(&*ap.add(i));
-                acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-                acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
             }
         }
     }
-    // SAFETY: the caller's contract is `store_avx2`'s.
+    // SAFETY: the caller's contract is `store_avx2`'s, and `store.rows <= R`.
     unsafe { store_avx2(&acc, c, ldc, store) };
 }
 
@@ -200,8 +257,8 @@ unsafe fn avx512_12x32_rows(
     for p in 0..kc {
         // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
         unsafe {
-            prefetch_strip(b, p);
-            prefetch_next(next, next_depths, p);
+            prefetch_strip::<32>(b, p);
+            prefetch_next::<32>(next, next_depths, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for (acc, row) in acc.iter_mut().zip(rows) {
@@ -230,18 +287,21 @@ unsafe fn avx2_6x16_rows(
     store: &Store,
 ) {
     const MR: usize = 6;
-    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     // SAFETY: rows i < MR start inside the operand (the caller's contract).
     let rows: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.add(i * lda) });
+    let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
         // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
         unsafe {
+            prefetch_strip::<16>(b, p);
+            prefetch_next::<16>(next, next_depths, p);
             let b0 = _mm256_loadu_ps(b.add(p * 16));
             let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-            for i in 0..MR {
-                let ai = _mm256_broadcast_ss(&*rows[i].add(p));
-                acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-                acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let ai = _mm256_broadcast_ss(&*row.add(p));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
             }
         }
     }
@@ -333,8 +393,7 @@ unsafe fn store_avx512<const R: usize>(
     rows!(0 1 2 3 4 5 6 7 8 9 10 11);
 }
 
-/// [`store_avx512`] for the 6 x 16 AVX2 tile (vector `i` is row `i / 2`, columns
-/// `8 (i % 2)..+8`). A tile as wide as the strip is written with plain loads and stores;
+/// [`store_avx512`] for an `R` x 16 AVX2 tile (`acc[i][h]` is row `i`, columns `8 h..+8`). A tile as wide as the strip is written with plain loads and stores;
 /// only an edge tile uses AVX2's masked ones, because AMD's Zen cores run a masked store
 /// (`vmaskmovps` to memory) as a microcoded sequence of tens of micro-ops: with masks on
 /// every tile, the stores of a shallow product (the 1x1 expansions' 16-32 depths) took
@@ -343,7 +402,12 @@ unsafe fn store_avx512<const R: usize>(
 /// # Safety
 /// See [`Microkernel::run`]; the CPU must have AVX2, and the caller is compiled for it.
 #[inline(always)]
-unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store) {
+unsafe fn store_avx2<const R: usize>(
+    acc: &[[__m256; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
     let first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     // Lane j of half h is written when 8 h + j < cols.
     let mask: [__m256i; 2] = std::array::from_fn(|h| {
@@ -355,14 +419,14 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
     // SAFETY (all loads and stores below): a lane is touched only when its mask is set, that
     // is for columns < cols of rows < rows, which the contract makes valid. Addresses are
     // formed with `wrapping_add`, as a wholly masked-off half may start past the end.
-    // Every lane of the tile exists: plain loads and stores (see above).
-    let full = store.cols >= 16;
-    // A macro, not a closure: as for `row!` below, a closure may stay out of line (and
-    // outside the caller's target features).
-    // Used inside `unsafe` blocks only: when `full`, all 16 columns of each row exist.
+    // A half whose eight lanes all exist is read and written with plain loads and stores
+    // (see above), a half with none is skipped; only the half the edge cuts is masked.
+    let full = [store.cols >= 8, store.cols >= 16];
+    let used = [store.cols > 0, store.cols > 8];
+    // Used inside `unsafe` blocks only, for a half `h` that is `used`.
     macro_rules! load {
         ($at:expr, $h:expr) => {
-            if full {
+            if full[$h] {
                 _mm256_loadu_ps($at)
             } else {
                 _mm256_maskload_ps($at, mask[$h])
@@ -372,14 +436,25 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
     let bias = if store.bias.is_null() {
         [zero; 2]
     } else {
-        unsafe { [load!(store.bias, 0), load!(store.bias.wrapping_add(8), 1)] }
+        let bias = store.bias;
+        // SAFETY: as above.
+        std::array::from_fn(|h| unsafe {
+            if used[h] {
+                load!(bias.wrapping_add(8 * h), h)
+            } else {
+                zero
+            }
+        })
     };
     let epilogue = store.has_epilogue();
     macro_rules! row {
         ($i:expr, $pair:expr) => {{
         let i: usize = $i;
-        let pair: [__m256; 2] = $pair;
+        let pair: &[__m256; 2] = $pair;
         for (h, &v) in pair.iter().enumerate() {
+            if !used[h] {
+                continue;
+            }
             unsafe {
                 let at = c.wrapping_add(i * ldc + 8 * h);
                 let mut v = v;
@@ -400,7 +475,7 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
                         v = _mm256_add_ps(v, load!(r, h));
                     }
                 }
-                if full {
+                if full[h] {
                     _mm256_storeu_ps(at, v);
                 } else {
                     _mm256_maskstore_ps(at, mask[h], v);
@@ -412,8 +487,10 @@ unsafe fn store_avx2(acc: &[__m256; 12], c: *mut f32, ldc: usize, store: &Store)
     // By constant index, as in `store_avx512`.
     macro_rules! rows {
         ($($i:literal)*) => {$(
-            if $i < store.rows {
-                row!($i, [acc[2 * $i], acc[2 * $i + 1]]);
+            if let Some(pair) = acc.get($i) {
+                if $i < store.rows {
+                    row!($i, pair);
+                }
             }
         )*};
     }
