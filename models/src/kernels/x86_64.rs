@@ -10,6 +10,17 @@ use std::arch::x86_64::*;
 use super::gemm::{Microkernel, Store};
 use super::Activation;
 
+/// Calls `$panel::<R>` for a short panel's `R = $rows` rows (one of the listed counts), or
+/// for the whole panel's `$full`: the short-panel kernels' dispatch.
+macro_rules! short_panel {
+    ($panel:ident, $rows:expr, $args:tt, $($r:literal)*; $full:literal) => {
+        match $rows {
+            $($r => $panel::<$r> $args,)*
+            _ => $panel::<$full> $args,
+        }
+    };
+}
+
 pub(super) const AVX512: Microkernel = Microkernel {
     mr: 12,
     nr: 32,
@@ -98,20 +109,7 @@ unsafe fn avx512_short(
     // SAFETY (every arm): the caller's contract; each kernel reads the first R rows of the
     // 12-row panel.
     unsafe {
-        match rows {
-            1 => avx512_panel::<1>(kc, a, b, c, ldc, store),
-            2 => avx512_panel::<2>(kc, a, b, c, ldc, store),
-            3 => avx512_panel::<3>(kc, a, b, c, ldc, store),
-            4 => avx512_panel::<4>(kc, a, b, c, ldc, store),
-            5 => avx512_panel::<5>(kc, a, b, c, ldc, store),
-            6 => avx512_panel::<6>(kc, a, b, c, ldc, store),
-            7 => avx512_panel::<7>(kc, a, b, c, ldc, store),
-            8 => avx512_panel::<8>(kc, a, b, c, ldc, store),
-            9 => avx512_panel::<9>(kc, a, b, c, ldc, store),
-            10 => avx512_panel::<10>(kc, a, b, c, ldc, store),
-            11 => avx512_panel::<11>(kc, a, b, c, ldc, store),
-            _ => avx512_panel::<12>(kc, a, b, c, ldc, store),
-        }
+        short_panel!(avx512_panel, rows, (kc, a, b, c, ldc, store), 1 2 3 4 5 6 7 8 9 10 11; 12)
     }
 }
 
@@ -184,16 +182,7 @@ unsafe fn avx2_short(
 ) {
     // SAFETY (every arm): the caller's contract; each kernel reads the first R rows of the
     // 6-row panel.
-    unsafe {
-        match rows {
-            1 => avx2_panel::<1>(kc, a, b, c, ldc, store),
-            2 => avx2_panel::<2>(kc, a, b, c, ldc, store),
-            3 => avx2_panel::<3>(kc, a, b, c, ldc, store),
-            4 => avx2_panel::<4>(kc, a, b, c, ldc, store),
-            5 => avx2_panel::<5>(kc, a, b, c, ldc, store),
-            _ => avx2_panel::<6>(kc, a, b, c, ldc, store),
-        }
-    }
+    unsafe { short_panel!(avx2_panel, rows, (kc, a, b, c, ldc, store), 1 2 3 4 5; 6) }
 }
 
 /// The first `R` rows of a packed 6-row panel times a 16-column strip, the strip asked for
