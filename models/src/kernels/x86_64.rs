@@ -186,7 +186,9 @@ unsafe fn avx2_short(
 }
 
 /// The first `R` rows of a packed 6-row panel times a 16-column strip, the strip asked for
-/// [`B_PREFETCH_DEPTHS`] ahead and the next block into L2, as on AVX-512.
+/// [`B_PREFETCH_DEPTHS`] ahead and the next block into L2, as on AVX-512. A strip with at
+/// most 8 columns inside `C` (the last of 24 or 40 output channels) multiplies its left half
+/// only.
 ///
 /// # Safety
 /// See [`Microkernel::run`] (`a` is a 6-row panel); `R <= 6`; the CPU must have AVX2 and
@@ -201,26 +203,63 @@ unsafe fn avx2_panel<const R: usize>(
     ldc: usize,
     store: &Store,
 ) {
-    const MR: usize = 6;
+    // SAFETY: the caller's contract; with `cols <= 8` the right half is never stored.
+    unsafe {
+        if store.cols <= 8 {
+            avx2_strided::<R, 1>(kc, a, 6, 1, b, c, ldc, store)
+        } else {
+            avx2_strided::<R, 2>(kc, a, 6, 1, b, c, ldc, store)
+        }
+    }
+}
+
+/// `R` rows times the left `H` halves (of 8 columns; `H` is 1 or 2) of a 16-column strip,
+/// row `i`'s depth `p` read at `a + p * step + i * row_step`: a packed 6-row panel has
+/// `step` 6 and `row_step` 1, a row-major source read in place `step` 1 and `row_step` its
+/// row length.
+///
+/// # Safety
+/// As [`Microkernel::run`], with every such address readable for `i < R`, `p < kc`,
+/// `store.rows <= R` and `store.cols <= 8 * H`; the CPU must have AVX2 and FMA, and the
+/// caller is compiled for it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_strided<const R: usize, const H: usize>(
+    kc: usize,
+    a: *const f32,
+    step: usize,
+    row_step: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    // SAFETY: rows i < R start inside the operand (the caller's contract).
+    let rows: [*const f32; R] = std::array::from_fn(|i| unsafe { a.add(i * row_step) });
     let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
-        // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
-        // operands.
+        // SAFETY: p < kc, so the loads and all R broadcasts are inside the operands.
         unsafe {
             prefetch_strip::<16>(b, p);
             prefetch_next::<16>(next, next_depths, p);
             let b0 = _mm256_loadu_ps(b.add(p * 16));
-            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-            let ap = a.add(p * MR);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.add(i));
+            let b1 = if H > 1 {
+                _mm256_loadu_ps(b.add(p * 16 + 8))
+            } else {
+                b0
+            };
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let ai = _mm256_broadcast_ss(&*row.add(p * step));
                 acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+                if H > 1 {
+                    acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+                }
             }
         }
     }
-    // SAFETY: the caller's contract is `store_avx2`'s, and `store.rows <= R`.
+    // SAFETY: the caller's contract is `store_avx2`'s, and `store.rows <= R`; with H = 1
+    // the right half, left at zero, lies outside `C` and is not stored.
     unsafe { store_avx2(&acc, c, ldc, store) };
 }
 
@@ -275,27 +314,15 @@ unsafe fn avx2_6x16_rows(
     ldc: usize,
     store: &Store,
 ) {
-    const MR: usize = 6;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    // SAFETY: rows i < MR start inside the operand (the caller's contract).
-    let rows: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.add(i * lda) });
-    let (next, next_depths) = (store.next_b, store.next_depths);
-    for p in 0..kc {
-        // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
-        unsafe {
-            prefetch_strip::<16>(b, p);
-            prefetch_next::<16>(next, next_depths, p);
-            let b0 = _mm256_loadu_ps(b.add(p * 16));
-            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
-            for (acc, row) in acc.iter_mut().zip(rows) {
-                let ai = _mm256_broadcast_ss(&*row.add(p));
-                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
-            }
+    // SAFETY: the caller's contract: rows i < 6 at `a + i * lda`, depths 1 apart; with
+    // `cols <= 8` the right half is never stored.
+    unsafe {
+        if store.cols <= 8 {
+            avx2_strided::<6, 1>(kc, a, 1, lda, b, c, ldc, store)
+        } else {
+            avx2_strided::<6, 2>(kc, a, 1, lda, b, c, ldc, store)
         }
     }
-    // SAFETY: the caller's contract is `store_avx2`'s.
-    unsafe { store_avx2(&acc, c, ldc, store) };
 }
 
 /// Writes the `R` x 32 tile held in `acc` (`acc[i][h]` is row `i`, columns `16 h..+16`) as
