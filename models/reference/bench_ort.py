@@ -6,7 +6,7 @@ NAME.json with architecture/config/size, NAME.check.safetensors with an input an
 logits), this script builds an ONNX graph from the same weights with onnx.helper (no torch),
 checks that ONNX Runtime computes the same logits (max relative error <= 1e-4, the golden
 tests' measure), then times batch 1 and batch 8 on the CPU provider with THREADS intra-op
-threads: warm, median of RUNS. Prints one JSON line per measurement, with every run's time.
+threads: warm (after WARMUP_MS of untimed runs, default 500, at least one), median of RUNS. Prints one JSON line per measurement, with every run's time.
 With --reuse it only times, on the graphs an earlier invocation built and checked: the
 benchmark script alternates the two runtimes over several rounds.
 
@@ -180,6 +180,9 @@ def main():
     p.add_argument("--work", default=os.path.join("target", "bench-ort"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--warmup-ms", type=float, default=500.0,
+                   help="untimed runs for this long before the timed ones (at least one), "
+                        "as the Rust bench's --warmup-ms")
     p.add_argument("--reuse", action="store_true",
                    help="time only, with the graphs and checks an earlier invocation made")
     args = p.parse_args()
@@ -208,7 +211,10 @@ def main():
         h, w = meta["height"], meta["width"]
         for batch in (1, 8):
             x = np.zeros((batch, 3, h, w), np.float32)
+            warm = time.perf_counter()
             sess.run(None, {"input": x})
+            while (time.perf_counter() - warm) * 1e3 < args.warmup_ms:
+                sess.run(None, {"input": x})
             times = []
             for _ in range(args.runs):
                 t = time.perf_counter()
@@ -216,6 +222,7 @@ def main():
                 times.append((time.perf_counter() - t) * 1e3)
             print(json.dumps({"runtime": "onnxruntime", "model": name, "batch": batch,
                               "median_ms": sorted(times)[len(times) // 2], "runs": args.runs,
+                              "warmup_ms": args.warmup_ms,
                               "times_ms": times}), flush=True)
     return 1 if failures else 0
 

@@ -1,5 +1,6 @@
 //! edgemm's side of the ONNX Runtime comparison (issue #8): batch-1 and batch-8 latency of each
-//! model, warm, median of `--runs`, with the kernels `--kernels` names (default `fast`; see
+//! model, warm (after untimed runs for `--warmup-ms`, default 500, at least one), median of
+//! `--runs`, with the kernels `--kernels` names (default `fast`; see
 //! `edgemm_models::Kernels`), each model's peak resident memory (load and runs, read from
 //! `VmHWM` after resetting it; the weights are loaded from a mapped file, as the runtime
 //! loads an artifact), and VGG16's effective GFLOP/s (direct-convolution FLOPs over
@@ -141,6 +142,7 @@ fn main() {
     };
     let work = PathBuf::from(value("--work").unwrap_or_else(|| "target/bench-ort".into()));
     let runs: usize = value("--runs").map_or(20, |r| r.parse().unwrap());
+    let warmup_ms: f64 = value("--warmup-ms").map_or(500.0, |r| r.parse().unwrap());
     let only = value("--models");
     let batches: Vec<usize> = value("--batches").map_or(vec![1, 8], |b| {
         b.split(',').map(|n| n.parse().unwrap()).collect()
@@ -193,7 +195,14 @@ fn main() {
 
         for &batch in &batches {
             let x = Tensor::zeros((batch, 3, h, w), DType::F32, &Device::Cpu).unwrap();
+            // Warm for a time, not a count: after loading, the first milliseconds of runs are
+            // slower on a VM (alexnet-small's first timed runs were 1.3-2.5x its steady time,
+            // ORT's too), however few runs fit in them.
+            let warm = Instant::now();
             net.forward(&x).unwrap();
+            while warm.elapsed().as_secs_f64() * 1e3 < warmup_ms {
+                net.forward(&x).unwrap();
+            }
             let times: Vec<f64> = (0..runs)
                 .map(|_| {
                     let t = Instant::now();
@@ -213,6 +222,7 @@ fn main() {
                     "batch": batch,
                     "median_ms": median,
                     "runs": runs,
+                    "warmup_ms": warmup_ms,
                     "times_ms": times,
                     "conv_gflops": gflops,
                     "peak_rss_mib": peak_rss_mib(),

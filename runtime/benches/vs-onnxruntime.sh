@@ -2,21 +2,25 @@
 # edgemm against ONNX Runtime on identical weights, in one invocation (issue #8):
 # batch 1 and 8, warm, same thread count; prints latency ratios of the medians.
 #
-#   bash runtime/benches/vs-onnxruntime.sh [--rounds 5] [--runs 10] [--threads N]
+#   bash runtime/benches/vs-onnxruntime.sh [--rounds 5] [--runs 10] [--warmup-ms 500] [--threads N]
 #                                          [--models a,b]
 #                                          [--kernels fast|reference|portable|avx2|avx512|neon]
 #
+# Each side first runs untimed for WARMUP_MS per batch size (at least once), the same for both:
+# a freshly loaded process runs its first milliseconds of forwards slower on a VM (after one
+# warm-up run, alexnet-small's first timed runs were 1.3-2.5x the steady time, ORT's 1.2-1.3x).
 # The two runtimes take turns: ROUNDS rounds of RUNS timed runs each (warm), edgemm first in
 # odd rounds and ORT first in even ones, so that a slow spell of a shared machine falls on
 # both alike; each median is over all ROUNDS x RUNS runs. The spread of the per-round ratios
 # is printed too; every run's time is in target/bench-ort/*.jsonl. Installs onnx and onnxruntime from PyPI into target/ort-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=5 runs=10 threads=$(nproc) models="" kernels=fast
+rounds=5 runs=10 warmup_ms=500 threads=$(nproc) models="" kernels=fast
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
+        --warmup-ms) warmup_ms=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --models) models=$2; shift 2 ;;
         --kernels) kernels=$2; shift 2 ;;
@@ -34,12 +38,12 @@ export RAYON_NUM_THREADS=$threads
 extra=()
 [ -n "$models" ] && extra=(--models "$models")
 edgemm() {
-    cargo bench --quiet -p edgemm --bench models -- --work "$work" --runs "$runs" \
+    cargo bench --quiet -p edgemm --bench models -- --work "$work" --runs "$runs" --warmup-ms "$warmup_ms" \
         --kernels "$kernels" "${extra[@]}" "$@" >>"$work/edgemm.jsonl"
 }
 ort() {
     "$venv/bin/python" models/reference/bench_ort.py --work "$work" --threads "$threads" \
-        --runs "$runs" "$@" >>"$work/ort.jsonl"
+        --runs "$runs" --warmup-ms "$warmup_ms" "$@" >>"$work/ort.jsonl"
 }
 for round in $(seq "$rounds"); do
     echo "round $round of $rounds" >&2
