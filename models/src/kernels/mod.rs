@@ -42,7 +42,7 @@ mod arm64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Error, Result};
 
@@ -295,6 +295,9 @@ pub(crate) fn parallel(work: usize) -> bool {
     work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1
 }
 
+/// How many [`with_pool_awake`] calls are running: the spinners poll while it is above 0.
+static AWAKE: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
     /// Whether this pool thread is running [`with_pool_awake`]'s spinner.
     static SPINNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -312,27 +315,33 @@ thread_local! {
 /// 50-150 -> 1-3 us over the work itself). The price is that those threads burn their core
 /// while `f` runs instead of sleeping when idle.
 pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    /// Ends the spinners when dropped, so that they stop even if `f` panics.
-    struct Stop<'a>(&'a AtomicBool);
-    impl Drop for Stop<'_> {
+    /// Ends this call's claim on the spinners when dropped, so that they stop even if `f`
+    /// panics.
+    struct Awake;
+    impl Drop for Awake {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
+            AWAKE.fetch_sub(1, Ordering::Release);
         }
     }
-    let done = AtomicBool::new(false);
     let mut result = None;
-    rayon::scope(|scope| {
+    rayon::scope(|_| {
+        AWAKE.fetch_add(1, Ordering::AcqRel);
+        let _awake = Awake;
         let caller = rayon::current_thread_index();
-        let done = &done;
+        // Detached jobs, not the scope's: the scope would wait for each spinner to notice
+        // the end and return, and a spinner that another process's thread has just pushed
+        // off its core returns a scheduler slice (milliseconds) later. A spinner left
+        // running past the end stops as soon as it runs again, or carries on spinning for
+        // the next call if one has begun by then.
         for _ in 1..rayon::current_num_threads() {
-            scope.spawn(move |_| {
+            rayon::spawn(move || {
                 // The caller itself (if it picks the job up while waiting) and a thread that
                 // is spinning already return at once: only the other threads spin, one each.
                 if rayon::current_thread_index() == caller || SPINNING.get() {
                     return;
                 }
                 SPINNING.set(true);
-                while !done.load(Ordering::Acquire) {
+                while AWAKE.load(Ordering::Acquire) > 0 {
                     if rayon::yield_now() != Some(rayon::Yield::Executed) {
                         std::hint::spin_loop();
                     }
@@ -340,7 +349,6 @@ pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 SPINNING.set(false);
             });
         }
-        let _stop = Stop(done);
         result = Some(f());
     });
     result.expect("the scope ran f")
