@@ -42,7 +42,8 @@ mod arm64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
@@ -295,8 +296,9 @@ pub(crate) fn parallel(work: usize) -> bool {
     work >= PARALLEL_MIN_WORK && rayon::current_num_threads() > 1
 }
 
-/// How many [`with_pool_awake`] calls are running: the spinners poll while it is above 0.
-static AWAKE: AtomicUsize = AtomicUsize::new(0);
+/// How long a [`with_pool_awake`] spinner polls with nothing to run before it gives up (the
+/// serial gaps between a forward's parallel calls are tens of microseconds).
+const SPIN_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
     /// Whether this pool thread is running [`with_pool_awake`]'s spinner.
@@ -315,25 +317,25 @@ thread_local! {
 /// 50-150 -> 1-3 us over the work itself). The price is that those threads burn their core
 /// while `f` runs instead of sleeping when idle.
 pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    /// Ends this call's claim on the spinners when dropped, so that they stop even if `f`
-    /// panics.
-    struct Awake;
-    impl Drop for Awake {
+    /// Ends this call's spinners when dropped, so that they stop even if `f` panics.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
         fn drop(&mut self) {
-            AWAKE.fetch_sub(1, Ordering::Release);
+            self.0.store(true, Ordering::Release);
         }
     }
     let mut result = None;
     rayon::scope(|_| {
-        AWAKE.fetch_add(1, Ordering::AcqRel);
-        let _awake = Awake;
+        let stop = Stop(Arc::new(AtomicBool::new(false)));
         let caller = rayon::current_thread_index();
         // Detached jobs, not the scope's: the scope would wait for each spinner to notice
         // the end and return, and a spinner that another process's thread has just pushed
         // off its core returns a scheduler slice (milliseconds) later. A spinner left
-        // running past the end stops as soon as it runs again, or carries on spinning for
-        // the next call if one has begun by then.
+        // running past the end stops as soon as it runs again. Each polls its own call's
+        // flag: a thread that picks up another call's spinner while it waits inside its own
+        // call must stop when that other call ends, not when every call has.
         for _ in 1..rayon::current_num_threads() {
+            let done = Arc::clone(&stop.0);
             rayon::spawn(move || {
                 // The caller itself (if it picks the job up while waiting) and a thread that
                 // is spinning already return at once: only the other threads spin, one each.
@@ -341,10 +343,20 @@ pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                     return;
                 }
                 SPINNING.set(true);
-                while AWAKE.load(Ordering::Acquire) > 0 {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
+                let mut idle_since = None;
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                        idle_since = None;
+                        continue;
                     }
+                    // A thread that picked this job up while it waits inside a job of this
+                    // same call would spin on top of work the call needs: with nothing to
+                    // run for SPIN_IDLE_LIMIT, it stops and lets that work go on.
+                    let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > SPIN_IDLE_LIMIT {
+                        break;
+                    }
+                    std::hint::spin_loop();
                 }
                 SPINNING.set(false);
             });
