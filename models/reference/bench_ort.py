@@ -6,7 +6,8 @@ NAME.json with architecture/config/size, NAME.check.safetensors with an input an
 logits), this script builds an ONNX graph from the same weights with onnx.helper (no torch),
 checks that ONNX Runtime computes the same logits (max relative error <= 1e-4, the golden
 tests' measure), then times batch 1 and batch 8 on the CPU provider with THREADS intra-op
-threads: warm (after WARMUP_MS of untimed runs, default 500, at least one), median of RUNS. Prints one JSON line per measurement, with every run's time.
+threads: warm (after WARMUP_MS of untimed runs, default 500, at least one), median of RUNS.
+Prints one JSON line per measurement, with every run's time.
 With --reuse it only times, on the graphs an earlier invocation built and checked: the
 benchmark script alternates the two runtimes over several rounds.
 
