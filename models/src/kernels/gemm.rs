@@ -738,6 +738,9 @@ mod tests {
                 (200, 27, 64),
                 (49, 600, 24),
                 (13, 16, 80),
+                // A last strip of exactly 16 columns (AVX-512's whole half tile) over two
+                // depth blocks, so that it accumulates.
+                (30, 300, 48),
             ] {
                 let a = rng.vec(m * k);
                 let b = rng.vec(k * n);

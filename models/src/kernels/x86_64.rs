@@ -21,6 +21,37 @@ macro_rules! short_panel {
     };
 }
 
+/// Calls `$whole::<..., ACC, EPI, ACT, RES>(args)` with `store`'s choices as constants: the
+/// whole-tile stores' dispatch, made once per tile. `ACC` adds what `C` holds, `EPI` applies
+/// the epilogue (bias, activation `ACT`: 0 none, 1 ReLU, 2 ReLU6, and with `RES` the
+/// residual).
+macro_rules! whole_tile {
+    ($whole:ident::<$($g:ident),*>$args:tt, $store:expr) => {{
+        let store: &Store = $store;
+        let act = match store.activation {
+            Activation::None => 0,
+            Activation::Relu => 1,
+            Activation::Relu6 => 2,
+        };
+        match (store.accumulate, store.has_epilogue(), act, !store.residual.is_null()) {
+            (false, false, ..) => $whole::<$($g,)* false, false, 0, false>$args,
+            (true, false, ..) => $whole::<$($g,)* true, false, 0, false>$args,
+            (false, true, 0, false) => $whole::<$($g,)* false, true, 0, false>$args,
+            (false, true, 1, false) => $whole::<$($g,)* false, true, 1, false>$args,
+            (false, true, _, false) => $whole::<$($g,)* false, true, 2, false>$args,
+            (true, true, 0, false) => $whole::<$($g,)* true, true, 0, false>$args,
+            (true, true, 1, false) => $whole::<$($g,)* true, true, 1, false>$args,
+            (true, true, _, false) => $whole::<$($g,)* true, true, 2, false>$args,
+            (false, true, 0, true) => $whole::<$($g,)* false, true, 0, true>$args,
+            (false, true, 1, true) => $whole::<$($g,)* false, true, 1, true>$args,
+            (false, true, _, true) => $whole::<$($g,)* false, true, 2, true>$args,
+            (true, true, 0, true) => $whole::<$($g,)* true, true, 0, true>$args,
+            (true, true, 1, true) => $whole::<$($g,)* true, true, 1, true>$args,
+            (true, true, _, true) => $whole::<$($g,)* true, true, 2, true>$args,
+        }
+    }};
+}
+
 pub(super) const AVX512: Microkernel = Microkernel {
     mr: 12,
     nr: 32,
@@ -59,16 +90,16 @@ unsafe fn avx512_12x32(
 /// is much of the work.
 const B_PREFETCH_DEPTHS: usize = 16;
 
-/// Prefetches depth `p + B_PREFETCH_DEPTHS` of a strip `NR` columns wide (32 on AVX-512, two
-/// cache lines; 16 on AVX2, one). A prefetch never faults, so it may run past the strip's end
-/// (into the next block).
+/// Prefetches the first `LINES` cache lines of depth `p + B_PREFETCH_DEPTHS` of a strip `NR`
+/// columns wide (32 on AVX-512, two lines; 16 on AVX2, one): a half tile asks for the half it
+/// reads. A prefetch never faults, so it may run past the strip's end (into the next block).
 #[inline(always)]
-unsafe fn prefetch_strip<const NR: usize>(b: *const f32, p: usize) {
+unsafe fn prefetch_strip<const NR: usize, const LINES: usize>(b: *const f32, p: usize) {
     let at = b.wrapping_add((p + B_PREFETCH_DEPTHS) * NR).cast::<i8>();
     // SAFETY: prefetches have no architectural effect beyond the cache; the address is
     // formed with wrapping arithmetic and never dereferenced.
     unsafe {
-        for line in 0..NR / 16 {
+        for line in 0..LINES {
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line));
         }
     }
@@ -113,7 +144,9 @@ unsafe fn avx512_short(
     }
 }
 
-/// The first `R` rows of a packed 12-row panel times a 32-column strip.
+/// The first `R` rows of a packed 12-row panel times a 32-column strip. A strip with at most
+/// 16 columns inside `C` (the last of 16, 40, 80, 112, 144 or 240 output channels)
+/// multiplies its left half only, as on AVX2.
 ///
 /// # Safety
 /// See [`Microkernel::run`] (`a` is a 12-row panel); `R <= 12`; the CPU must have AVX-512F.
@@ -127,27 +160,64 @@ unsafe fn avx512_panel<const R: usize>(
     ldc: usize,
     store: &Store,
 ) {
-    const MR: usize = 12;
+    // SAFETY: the caller's contract; with `cols <= 16` the right half is never stored.
+    unsafe {
+        if store.cols <= 16 {
+            avx512_strided::<R, 1>(kc, a, 12, 1, b, c, ldc, store)
+        } else {
+            avx512_strided::<R, 2>(kc, a, 12, 1, b, c, ldc, store)
+        }
+    }
+}
+
+/// `R` rows times the left `H` halves (of 16 columns; `H` is 1 or 2) of a 32-column strip,
+/// row `i`'s depth `p` read at `a + p * step + i * row_step`: a packed 12-row panel has
+/// `step` 12 and `row_step` 1, a row-major source read in place `step` 1 and `row_step` its
+/// row length.
+///
+/// # Safety
+/// As [`Microkernel::run`], with every such address readable for `i < R`, `p < kc`,
+/// `store.rows <= R` and `store.cols <= 16 * H`; the CPU must have AVX-512F, and the caller
+/// is compiled for it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_strided<const R: usize, const H: usize>(
+    kc: usize,
+    a: *const f32,
+    step: usize,
+    row_step: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    // SAFETY: rows i < R start inside the operand (the caller's contract).
+    let rows: [*const f32; R] = std::array::from_fn(|i| unsafe { a.add(i * row_step) });
     let (next, next_depths) = (store.next_b, store.next_depths);
     for p in 0..kc {
-        // SAFETY: p < kc, so both loads and all R <= MR broadcasts are inside the packed
-        // operands.
+        // SAFETY: p < kc, so the loads and all R broadcasts are inside the operands.
         unsafe {
-            prefetch_strip::<32>(b, p);
+            prefetch_strip::<32, H>(b, p);
             prefetch_next::<32>(next, next_depths, p);
             let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            let ap = a.add(p * MR);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*ap.add(i));
+            let b1 = if H > 1 {
+                _mm512_loadu_ps(b.add(p * 32 + 16))
+            } else {
+                b0
+            };
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                let ai = _mm512_set1_ps(*row.add(p * step));
                 acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+                if H > 1 {
+                    acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+                }
             }
         }
     }
-    // SAFETY: the caller's contract is `store_avx512`'s, and `store.rows <= R`.
-    unsafe { store_avx512(&acc, c, ldc, store) };
+    // SAFETY: the caller's contract is `store_avx512`'s, and `store.rows <= R`,
+    // `store.cols <= 16 * H`.
+    unsafe { store_avx512::<R, H>(&acc, c, ldc, store) };
 }
 
 /// # Safety
@@ -241,7 +311,7 @@ unsafe fn avx2_strided<const R: usize, const H: usize>(
     for p in 0..kc {
         // SAFETY: p < kc, so the loads and all R broadcasts are inside the operands.
         unsafe {
-            prefetch_strip::<16>(b, p);
+            prefetch_strip::<16, 1>(b, p);
             prefetch_next::<16>(next, next_depths, p);
             let b0 = _mm256_loadu_ps(b.add(p * 16));
             let b1 = if H > 1 {
@@ -277,27 +347,15 @@ unsafe fn avx512_12x32_rows(
     ldc: usize,
     store: &Store,
 ) {
-    const MR: usize = 12;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    // SAFETY: rows i < MR start inside the operand (the caller's contract).
-    let rows: [*const f32; MR] = std::array::from_fn(|i| unsafe { a.add(i * lda) });
-    let (next, next_depths) = (store.next_b, store.next_depths);
-    for p in 0..kc {
-        // SAFETY: p < kc, so both loads and all MR broadcasts are inside the operands.
-        unsafe {
-            prefetch_strip::<32>(b, p);
-            prefetch_next::<32>(next, next_depths, p);
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
-            for (acc, row) in acc.iter_mut().zip(rows) {
-                let ai = _mm512_set1_ps(*row.add(p));
-                acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
-            }
+    // SAFETY: the caller's contract: rows i < 12 at `a + i * lda`, depths 1 apart; with
+    // `cols <= 16` the right half is never stored.
+    unsafe {
+        if store.cols <= 16 {
+            avx512_strided::<12, 1>(kc, a, 1, lda, b, c, ldc, store)
+        } else {
+            avx512_strided::<12, 2>(kc, a, 1, lda, b, c, ldc, store)
         }
     }
-    // SAFETY: the caller's contract is `store_avx512`'s.
-    unsafe { store_avx512(&acc, c, ldc, store) };
 }
 
 /// [`avx2_6x16`] reading `a` in place, rows `lda` apart.
@@ -325,24 +383,33 @@ unsafe fn avx2_6x16_rows(
     }
 }
 
-/// Writes the `R` x 32 tile held in `acc` (`acc[i][h]` is row `i`, columns `16 h..+16`) as
-/// `store` says, in registers: masked loads and stores cover the columns that exist (a
-/// masked-off lane is neither read nor written, so an edge tile needs no scratch copy), and
-/// the epilogue (bias, activation, residual) is applied on the way out.
+/// Writes the `R` x `16 H` tile held in `acc` (`acc[i][h]` is row `i`, columns `16 h..+16`;
+/// `H` is 1 for a half tile) as `store` says, in registers, the epilogue (bias, activation,
+/// residual) applied on the way out. A whole tile (every tile but a product's edges) goes
+/// through [`store_avx512_whole`], its choices made at compile time; an edge tile uses
+/// masked loads and stores for the columns that exist (a masked-off lane is neither read nor
+/// written, so it needs no scratch copy). Unlike AVX2's masked stores, AVX-512's are not
+/// microcoded on Zen 4; what the whole-tile store saves is the per-vector tests.
 ///
 /// Always inlined into the microkernel that calls it, and without a `target_feature` of its
 /// own (which would forbid that): called out of line, it made the kernel keep its
 /// accumulators in memory, zeroed with a `memset` on every call.
 ///
 /// # Safety
-/// See [`Microkernel::run`]; the CPU must have AVX-512F, and the caller is compiled for it.
+/// See [`Microkernel::run`], with `store.cols <= 16 H`; the CPU must have AVX-512F, and the
+/// caller is compiled for it.
 #[inline(always)]
-unsafe fn store_avx512<const R: usize>(
+unsafe fn store_avx512<const R: usize, const H: usize>(
     acc: &[[__m512; 2]; R],
     c: *mut f32,
     ldc: usize,
     store: &Store,
 ) {
+    if store.rows >= R && store.cols >= 16 * H {
+        // SAFETY: the caller's contract; the tile's R rows and 16 H columns all exist.
+        unsafe { whole_tile!(store_avx512_whole::<R, H>(acc, c, ldc, store), store) };
+        return;
+    }
     let lanes: u32 = if store.cols >= 32 {
         u32::MAX
     } else {
@@ -368,7 +435,7 @@ unsafe fn store_avx512<const R: usize>(
         ($i:expr, $pair:expr) => {{
         let i: usize = $i;
         let pair: &[__m512; 2] = $pair;
-        for (h, &v) in pair.iter().enumerate() {
+        for (h, &v) in pair.iter().enumerate().take(H) {
             unsafe {
                 let at = c.wrapping_add(i * ldc + 16 * h);
                 let mut v = v;
@@ -409,6 +476,75 @@ unsafe fn store_avx512<const R: usize>(
     rows!(0 1 2 3 4 5 6 7 8 9 10 11);
 }
 
+/// [`store_avx512`] for a tile whose `R` rows and `16 H` columns all lie inside `C`, every
+/// choice a constant (see [`whole_tile`]): plain loads and stores, no test per vector.
+///
+/// # Safety
+/// As [`Microkernel::run`], with `store.rows >= R` and `store.cols >= 16 H`; the CPU must
+/// have AVX-512F, and the caller is compiled for it.
+#[inline(always)]
+unsafe fn store_avx512_whole<
+    const R: usize,
+    const H: usize,
+    const ACC: bool,
+    const EPI: bool,
+    const ACT: u8,
+    const RES: bool,
+>(
+    acc: &[[__m512; 2]; R],
+    c: *mut f32,
+    ldc: usize,
+    store: &Store,
+) {
+    let zero = _mm512_setzero_ps();
+    let six = _mm512_set1_ps(6.0);
+    // SAFETY (all loads and stores below): rows < R <= store.rows and columns < 16 H <=
+    // store.cols of the tile, the bias's 16 H values and the residual's tile, which the
+    // contract makes valid.
+    let bias: [__m512; 2] = if EPI && !store.bias.is_null() {
+        std::array::from_fn(|h| {
+            if h < H {
+                unsafe { _mm512_loadu_ps(store.bias.add(16 * h)) }
+            } else {
+                zero
+            }
+        })
+    } else {
+        [zero; 2]
+    };
+    macro_rules! rows {
+        ($($i:literal)*) => {$(
+            if let Some(pair) = acc.get($i) {
+                for (h, &v) in pair.iter().enumerate().take(H) {
+                    unsafe {
+                        let at = c.add($i * ldc + 16 * h);
+                        let mut v = v;
+                        if ACC {
+                            v = _mm512_add_ps(v, _mm512_loadu_ps(at));
+                        }
+                        if EPI {
+                            v = _mm512_add_ps(v, bias[h]);
+                            if ACT == 1 {
+                                v = _mm512_max_ps(v, zero);
+                            } else if ACT == 2 {
+                                // As in `store_avx512`: NaN stays NaN.
+                                v = _mm512_min_ps(six, _mm512_max_ps(zero, v));
+                            }
+                            if RES {
+                                let r = store.residual.add($i * store.ldr + 16 * h);
+                                v = _mm512_add_ps(v, _mm512_loadu_ps(r));
+                            }
+                        }
+                        _mm512_storeu_ps(at, v);
+                    }
+                }
+            }
+        )*};
+    }
+    // By constant index, as in `store_avx512`.
+    rows!(0 1 2 3 4 5 6 7 8 9 10 11);
+}
+
 /// [`store_avx512`] for an `R` x 16 AVX2 tile (`acc[i][h]` is row `i`, columns `8 h..+8`). A tile as wide as the strip is written with plain loads and stores;
 /// only an edge tile uses AVX2's masked ones, because AMD's Zen cores run a masked store
 /// (`vmaskmovps` to memory) as a microcoded sequence of tens of micro-ops: with masks on
@@ -427,36 +563,8 @@ unsafe fn store_avx2<const R: usize>(
     if store.rows >= R && store.cols >= 16 {
         // A whole tile: the case of every tile but a product's edges, with each choice of
         // the store made once per tile, at compile time, rather than per vector.
-        let relu = store.activation == Activation::Relu;
-        let relu6 = store.activation == Activation::Relu6;
-        let residual = !store.residual.is_null();
         // SAFETY: the caller's contract; the tile's R rows and 16 columns all exist.
-        unsafe {
-            match (
-                store.accumulate,
-                store.has_epilogue(),
-                relu,
-                relu6,
-                residual,
-            ) {
-                (false, false, ..) => {
-                    store_avx2_whole::<R, false, false, 0, false>(acc, c, ldc, store)
-                }
-                (true, false, ..) => {
-                    store_avx2_whole::<R, true, false, 0, false>(acc, c, ldc, store)
-                }
-                (a, true, false, false, false) => {
-                    whole_epilogue::<R, 0, false>(a, acc, c, ldc, store)
-                }
-                (a, true, true, _, false) => whole_epilogue::<R, 1, false>(a, acc, c, ldc, store),
-                (a, true, _, true, false) => whole_epilogue::<R, 2, false>(a, acc, c, ldc, store),
-                (a, true, false, false, true) => {
-                    whole_epilogue::<R, 0, true>(a, acc, c, ldc, store)
-                }
-                (a, true, true, _, true) => whole_epilogue::<R, 1, true>(a, acc, c, ldc, store),
-                (a, true, _, true, true) => whole_epilogue::<R, 2, true>(a, acc, c, ldc, store),
-            }
-        }
+        unsafe { whole_tile!(store_avx2_whole::<R>(acc, c, ldc, store), store) };
         return;
     }
     let first = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -546,28 +654,6 @@ unsafe fn store_avx2<const R: usize>(
         )*};
     }
     rows!(0 1 2 3 4 5);
-}
-
-/// [`store_avx2_whole`] with the epilogue, `ACC` chosen at run time.
-///
-/// # Safety
-/// As [`store_avx2_whole`].
-#[inline(always)]
-unsafe fn whole_epilogue<const R: usize, const ACT: u8, const RES: bool>(
-    accumulate: bool,
-    acc: &[[__m256; 2]; R],
-    c: *mut f32,
-    ldc: usize,
-    store: &Store,
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        if accumulate {
-            store_avx2_whole::<R, true, true, ACT, RES>(acc, c, ldc, store)
-        } else {
-            store_avx2_whole::<R, false, true, ACT, RES>(acc, c, ldc, store)
-        }
-    }
 }
 
 /// [`store_avx2`] for a tile whose `R` rows and 16 columns all lie inside `C`: `ACC` adds
