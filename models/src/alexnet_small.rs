@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::conv::Conv;
-use crate::kernels::dense::{nchw_column, Dense};
+use crate::kernels::dense::nchw_column;
 use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, Padding};
 use crate::plan::{self, Plan, PlanBuilder};
@@ -208,23 +208,16 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
     }
     let side = c.input_size / 8;
     let (flat, hidden) = (c.flat_features(), c.hidden);
-    let fc1 = vb.pp("fc1");
-    let fc1 = Dense::new(
-        isa,
-        &plan::load(&fc1, &[hidden, flat], "weight")?,
-        plan::load(&fc1, &[hidden], "bias")?,
-        Activation::Relu,
-        nchw_column(side, side, c_in),
-    );
+    let column = nchw_column(side, side, c_in);
+    let fc1 = plan::dense(isa, &vb.pp("fc1"), (hidden, flat), Activation::Relu, column)?;
     x = b.dense(x, fc1);
-    let fc2 = vb.pp("fc2");
-    let fc2 = Dense::new(
+    let fc2 = plan::dense(
         isa,
-        &plan::load(&fc2, &[c.classes, hidden], "weight")?,
-        plan::load(&fc2, &[c.classes], "bias")?,
+        &vb.pp("fc2"),
+        (c.classes, hidden),
         Activation::None,
         |i| i,
-    );
+    )?;
     x = b.dense(x, fc2);
     Ok(b.finish(x, NAME, c.classes))
 }

@@ -13,7 +13,6 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::conv::Conv;
-use crate::kernels::dense::Dense;
 use crate::kernels::mbconv::{MbConv, MbConvWeights};
 use crate::kernels::{Activation, Isa};
 use crate::layers::{self, BatchNorm, Conv2d, DepthwiseConv2d, Padding};
@@ -427,13 +426,13 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
     x = b.conv(x, head, None);
     x = b.global_avg_pool(x);
     let fc = vb.pp("_fc");
-    let fc = Dense::new(
+    let fc = plan::dense(
         isa,
-        &plan::load(&fc, &[c.classes, HEAD_CHANNELS], "weight")?,
-        plan::load(&fc, &[c.classes], "bias")?,
+        &fc,
+        (c.classes, HEAD_CHANNELS),
         Activation::None,
         |i| i,
-    );
+    )?;
     x = b.dense(x, fc);
     Ok(b.finish(x, NAME, c.classes))
 }

@@ -166,7 +166,9 @@ impl Architecture {
             Kernels::Fast(isa) if vb.device().is_cpu() => {
                 Ok(Box::new((self.plan)(config, vb, isa)?))
             }
-            _ => (self.build)(config, vb),
+            // candle's layers compute in the builder's dtype: always f32, whatever the
+            // artifact stores.
+            _ => (self.build)(config, vb.set_dtype(candle_core::DType::F32)),
         }
     }
 }

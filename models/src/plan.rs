@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -368,7 +368,9 @@ pub(crate) fn with_weights<T>(
     name: &str,
     f: impl FnOnce(&[f32]) -> T,
 ) -> Result<T> {
-    let tensor = vb.get(shape, name)?.contiguous()?;
+    // In f32 whatever the artifact stores (a `VarBuilder` of an f16 artifact hands out its
+    // tensors in f16; see `dense`).
+    let tensor = vb.get(shape, name)?.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = tensor.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Err(Error::Candle(candle_core::Error::Msg(
@@ -377,6 +379,36 @@ pub(crate) fn with_weights<T>(
     };
     let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
     Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+}
+
+/// The dense layer under `vb` (`weight` `[outputs, inputs]`, `bias` `[outputs]`, PyTorch's
+/// names), input feature `i` multiplying weight column `column(i)` (see [`Dense::new`]). When
+/// the artifact stores f16 (the `VarBuilder`'s dtype is the stored one), the layer keeps its
+/// weights in f16 ([`Dense::new_f16`]): half the memory, and half the bytes a matrix-vector
+/// product streams; otherwise in f32.
+pub(crate) fn dense(
+    isa: Isa,
+    vb: &VarBuilder,
+    (outputs, inputs): (usize, usize),
+    activation: kernels::Activation,
+    column: impl Fn(usize) -> usize,
+) -> Result<Dense> {
+    let bias = load(vb, &[outputs], "bias")?;
+    if vb.dtype() != DType::F16 {
+        return with_weights(vb, &[outputs, inputs], "weight", |w| {
+            Dense::new(isa, w, bias, activation, column)
+        });
+    }
+    let tensor = vb.get(&[outputs, inputs][..], "weight")?.contiguous()?;
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Candle(candle_core::Error::Msg(
+            "the fast kernels run on the CPU".into(),
+        )));
+    };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+    let weight = &cpu.as_slice::<half::f16>()?[start..end];
+    Ok(Dense::new_f16(isa, weight, bias, activation, column))
 }
 
 /// Folds inference batch norm (PyTorch names under `vb`) into the preceding layer:

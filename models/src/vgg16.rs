@@ -34,7 +34,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::conv::Conv;
-use crate::kernels::dense::{nchw_column, Dense};
+use crate::kernels::dense::nchw_column;
 use crate::kernels::{Activation, Isa};
 use crate::layers::{self, Conv2d, Padding};
 use crate::plan::{self, Plan, PlanBuilder};
@@ -272,11 +272,15 @@ fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
         (6, c.hidden, c.classes),
     ] {
         let layer = vb.pp(i.to_string());
-        let bias = plan::load(&layer, &[c_out], "bias")?;
-        let dense = plan::with_weights(&layer, &[c_out, c_in], "weight", |weight| match i {
-            0 => Dense::new(isa, weight, bias, Activation::Relu, nchw_column(h, w, 512)),
-            3 => Dense::new(isa, weight, bias, Activation::Relu, |i| i),
-            _ => Dense::new(isa, weight, bias, Activation::None, |i| i),
+        let activation = if i < 6 {
+            Activation::Relu
+        } else {
+            Activation::None
+        };
+        let column = nchw_column(h, w, 512);
+        let dense = plan::dense(isa, &layer, (c_out, c_in), activation, |j| match i {
+            0 => column(j),
+            _ => j,
         })?;
         x = b.dense(x, dense);
     }

@@ -1,6 +1,8 @@
 //! Whole networks on the fast kernels against the same networks on candle's ops (issue #8):
 //! every architecture, every instruction set this CPU has (the portable fallback included),
-//! batches of one and several, and input sizes the architectures were not designed around.
+//! batches of one and several, and input sizes the architectures were not designed around;
+//! and the same on weights stored in f16 (the fast kernels keep dense layers in f16, candle
+//! converts every tensor to f32).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -8,11 +10,25 @@ use edgemm_models::golden::max_relative_error;
 use edgemm_models::{architecture, init, Isa, Kernels};
 
 fn compare(name: &str, config: serde_json::Value, inputs: &[(usize, usize, usize)]) {
+    compare_stored(name, config, inputs, DType::F32)
+}
+
+/// [`compare`] on weights stored as `dtype`, handed out by a `VarBuilder` of that dtype as the
+/// runtime's is.
+fn compare_stored(
+    name: &str,
+    config: serde_json::Value,
+    inputs: &[(usize, usize, usize)],
+    dtype: DType,
+) {
     let arch = architecture(name).unwrap();
     let specs = arch.tensor_specs(&config).unwrap();
-    let weights = init::seeded_weights(&specs, 11, &Device::Cpu).unwrap();
+    let mut weights = init::seeded_weights(&specs, 11, &Device::Cpu).unwrap();
+    for tensor in weights.values_mut() {
+        *tensor = tensor.to_dtype(dtype).unwrap();
+    }
     let build = |kernels| {
-        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_tensors(weights.clone(), dtype, &Device::Cpu);
         arch.build_with(&config, vb, kernels).unwrap()
     };
     let reference = build(Kernels::Reference);
@@ -24,8 +40,12 @@ fn compare(name: &str, config: serde_json::Value, inputs: &[(usize, usize, usize
             let actual = fast.forward(&x).unwrap();
             assert_eq!(actual.dims(), expected.dims());
             let err = max_relative_error(&actual, &expected).unwrap();
-            println!("{name} {} {n}x{h}x{w}: {err:.2e}", isa.name());
-            assert!(err <= 1e-4, "{name} {} {n}x{h}x{w}: {err:e}", isa.name());
+            println!("{name} {dtype:?} {} {n}x{h}x{w}: {err:.2e}", isa.name());
+            assert!(
+                err <= 1e-4,
+                "{name} {dtype:?} {} {n}x{h}x{w}: {err:e}",
+                isa.name()
+            );
         }
     }
 }
@@ -51,6 +71,22 @@ fn vgg16_fast_matches_reference() {
     let config =
         serde_json::json!({ "input_height": 32, "input_width": 64, "hidden": 24, "classes": 5 });
     compare("vgg16", config, &[(1, 32, 64), (2, 32, 64)]);
+}
+
+/// Dense layers kept in f16: batches of 1 and 5 (one pass of four rows and a single row), a
+/// hidden width that leaves the last strip part-filled.
+#[test]
+fn f16_weights_fast_matches_reference() {
+    let config = serde_json::json!({ "input_size": 24, "channels": [5, 17, 33], "hidden": 19 });
+    compare_stored(
+        "alexnet-small",
+        config,
+        &[(1, 24, 24), (5, 24, 24)],
+        DType::F16,
+    );
+    let config =
+        serde_json::json!({ "input_height": 32, "input_width": 32, "hidden": 37, "classes": 5 });
+    compare_stored("vgg16", config, &[(1, 32, 32), (5, 32, 32)], DType::F16);
 }
 
 /// The switch itself: names parse, unknown ones are refused with the known list.

@@ -8,6 +8,10 @@
 //! model's exact weights (safetensors), its architecture and config (JSON), and a check sample
 //! (input and edgemm's logits) so the ONNX graph is verified to compute the same function.
 //!
+//! `--dtype f16` stores the weights in f16, as an artifact may (convolutions are repacked to
+//! f32 at load, dense layers stay f16 and are converted as they are multiplied); ORT's graph
+//! then holds the same values in f32.
+//!
 //! Run both sides at once with `bash runtime/benches/vs-onnxruntime.sh`.
 
 use std::collections::HashMap;
@@ -150,6 +154,11 @@ fn main() {
     // `--reuse`: time only, with the weights an earlier invocation wrote to `--work`.
     let reuse = args.iter().any(|a| a == "--reuse");
     let kernels = value("--kernels").map_or(Kernels::default(), |k| Kernels::parse(&k).unwrap());
+    let dtype = match value("--dtype").as_deref() {
+        None | Some("f32") => DType::F32,
+        Some("f16") => DType::F16,
+        Some(other) => panic!("--dtype {other}: f32 or f16"),
+    };
     std::fs::create_dir_all(&work).unwrap();
     for mut model in models() {
         if only
@@ -166,8 +175,16 @@ fn main() {
                 serde_json::from_str(&std::fs::read_to_string(&meta_file).unwrap()).unwrap();
             model.architecture = meta["architecture"].as_str().unwrap().to_string();
             model.config = meta["config"].clone();
+            assert_eq!(
+                meta["dtype"].as_str().unwrap_or("f32"),
+                format!("{dtype:?}").to_lowercase(),
+                "--dtype differs from the first round's"
+            );
         } else {
-            let tensors = weights(&mut model, &work);
+            let tensors: HashMap<String, Tensor> = weights(&mut model, &work)
+                .into_iter()
+                .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
+                .collect();
             candle_core::safetensors::save(&tensors, &weights_file).unwrap();
             drop(tensors);
             let meta = serde_json::json!({
@@ -175,18 +192,19 @@ fn main() {
                 "config": model.config,
                 "height": model.size.0,
                 "width": model.size.1,
+                "dtype": format!("{dtype:?}").to_lowercase(),
             });
             std::fs::write(&meta_file, meta.to_string()).unwrap();
         }
 
         let arch = edgemm_models::architecture(&model.architecture).unwrap();
-        // Loaded as the runtime loads an artifact: from the mapped file, tensor by tensor.
+        // Loaded as the runtime loads an artifact: from the mapped file, tensor by tensor,
+        // by a builder of the stored dtype.
         reset_peak_rss();
         // SAFETY: the file was written above and nothing modifies it while it is mapped.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&weights_file], DType::F32, &Device::Cpu)
-        }
-        .unwrap();
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_file], dtype, &Device::Cpu) }
+                .unwrap();
         let net = arch.build_with(&model.config, vb, kernels).unwrap();
         let (h, w) = model.size;
         if !reuse {
@@ -218,6 +236,7 @@ fn main() {
                 serde_json::json!({
                     "runtime": "edgemm",
                     "kernels": format!("{kernels:?}"),
+                    "dtype": format!("{dtype:?}").to_lowercase(),
                     "model": model.name,
                     "batch": batch,
                     "median_ms": median,

@@ -5,6 +5,7 @@
 #   bash runtime/benches/vs-onnxruntime.sh [--rounds 5] [--runs 10] [--warmup-ms 500] [--threads N]
 #                                          [--models a,b]
 #                                          [--kernels fast|reference|portable|avx2|avx512|neon]
+#                                          [--dtype f32|f16]
 #
 # Each side first runs untimed for WARMUP_MS per batch size (at least once), the same for both:
 # a freshly loaded process runs its first milliseconds of forwards slower on a VM (after one
@@ -15,7 +16,7 @@
 # is printed too; every run's time is in target/bench-ort/*.jsonl. Installs onnx and onnxruntime from PyPI into target/ort-venv on first use.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=5 runs=10 warmup_ms=500 threads=$(nproc) models="" kernels=fast
+rounds=5 runs=10 warmup_ms=500 threads=$(nproc) models="" kernels=fast dtype=f32
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -24,6 +25,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift 2 ;;
         --models) models=$2; shift 2 ;;
         --kernels) kernels=$2; shift 2 ;;
+        --dtype) dtype=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -39,7 +41,7 @@ extra=()
 [ -n "$models" ] && extra=(--models "$models")
 edgemm() {
     cargo bench --quiet -p edgemm --bench models -- --work "$work" --runs "$runs" --warmup-ms "$warmup_ms" \
-        --kernels "$kernels" "${extra[@]}" "$@" >>"$work/edgemm.jsonl"
+        --kernels "$kernels" --dtype "$dtype" "${extra[@]}" "$@" >>"$work/edgemm.jsonl"
 }
 ort() {
     "$venv/bin/python" models/reference/bench_ort.py --work "$work" --threads "$threads" \
@@ -76,7 +78,8 @@ for r in rows:
     if r.get("peak_rss_mib"):
         rss[key] = max(rss.get(key, 0), r["peak_rss_mib"])
 kernels = next((r["kernels"] for r in rows if r["runtime"] == "edgemm"), "?")
-print(f"\nedgemm ({kernels}) vs ONNX Runtime, {threads} threads, medians of all runs "
+dtype = next((r.get("dtype", "f32") for r in rows if r["runtime"] == "edgemm"), "?")
+print(f"\nedgemm ({kernels}, {dtype} weights) vs ONNX Runtime, {threads} threads, medians of all runs "
       f"(ratio = edgemm / ORT; < 1 is faster; per-round ratios from lowest to highest)")
 print(f"{'model':<14} {'batch':>5} {'runs':>5} {'edgemm ms':>10} {'ORT ms':>9} {'ratio':>6} "
       f"{'per-round ratios':>17} {'conv GFLOP/s':>13} {'peak RSS':>9}   graph check")

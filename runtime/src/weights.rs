@@ -129,7 +129,14 @@ pub fn load(
     let infos = check(label, &st, manifest)?;
     let arch = edgemm_models::architecture(&manifest.architecture)
         .map_err(|e| Error::artifact(label, ArtifactError::from(e)))?;
-    let vb = VarBuilder::from_backend(Box::new(st), DType::F32, device.clone());
+    // The builder's dtype is the stored one: the networks compute in f32 (they convert what
+    // they fetch), and the fast kernels keep dense layers stored in f16 as f16.
+    let stored = match manifest.weights.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    let vb = VarBuilder::from_backend(Box::new(st), stored, device.clone());
     let network = arch
         .build(&manifest.config, vb)
         .map_err(|e| Error::artifact(label, ArtifactError::from(e)))?;

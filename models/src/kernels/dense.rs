@@ -1,16 +1,38 @@
-//! Fully connected layers: one GEMM with the batch as rows.
+//! Fully connected layers: one GEMM with the batch as rows, or, on weights an artifact stores
+//! in f16, a strip kernel that converts them as it multiplies.
 
-use super::gemm::{self, Epilogue, PackedB, RowMajor};
-use super::{Activation, Isa};
+use half::f16;
+use rayon::prelude::*;
+
+use super::gemm::{self, Epilogue, Microkernel, PackedB, RowMajor};
+use super::{multiversion, parallel, Activation, Isa, SyncPtr};
 
 /// A dense layer with its weights packed for the GEMM.
 pub struct Dense {
     pub inputs: usize,
     pub outputs: usize,
-    weights: PackedB,
+    weights: Weights,
     bias: Vec<f32>,
     pub activation: Activation,
 }
+
+/// A dense layer's weights, as the layer keeps them.
+enum Weights {
+    F32(PackedB),
+    /// f16 bits as the artifact stored them, in [`PackedB`]'s layout: strip `s` holds
+    /// columns `s * nr ..` as `k` rows of `nr` values (zero past `n`).
+    F16 {
+        k: usize,
+        n: usize,
+        nr: usize,
+        data: Vec<u16>,
+    },
+}
+
+/// Rows of the input multiplied per pass over an f16 strip: four rows' sums fill 8 of the
+/// vector registers, and a batch of 8 streams the weights twice (f32's GEMM streams them once,
+/// at twice the bytes).
+const F16_ROWS: usize = 4;
 
 impl Dense {
     /// `weight` is `[outputs, inputs]` (PyTorch's layout). Input feature `i` of this layer
@@ -30,18 +52,59 @@ impl Dense {
         Self {
             inputs,
             outputs,
-            weights,
+            weights: Weights::F32(weights),
+            bias,
+            activation,
+        }
+    }
+
+    /// As [`Dense::new`] on weights stored in f16, which the layer keeps in f16 (half the
+    /// memory) and converts to f32 as it multiplies them: the products and sums are f32, the
+    /// result that of the f32 layer on the same (f16-valued) weights.
+    pub fn new_f16(
+        isa: Isa,
+        weight: &[f16],
+        bias: Vec<f32>,
+        activation: Activation,
+        column: impl Fn(usize) -> usize,
+    ) -> Self {
+        let outputs = bias.len();
+        let inputs = weight.len() / outputs.max(1);
+        assert_eq!(weight.len(), inputs * outputs);
+        let (k, n, nr) = (inputs, outputs, Microkernel::for_isa(isa).nr);
+        let mut data = vec![0u16; n.div_ceil(nr) * k * nr];
+        for (s, strip) in data.chunks_exact_mut((k * nr).max(1)).enumerate() {
+            for p in 0..k {
+                for j in 0..nr.min(n - s * nr) {
+                    strip[p * nr + j] = weight[(s * nr + j) * inputs + column(p)].to_bits();
+                }
+            }
+        }
+        Self {
+            inputs,
+            outputs,
+            weights: Weights::F16 { k, n, nr, data },
             bias,
             activation,
         }
     }
 
     pub fn bytes(&self) -> usize {
-        self.weights.bytes() + 4 * self.bias.len()
+        let weights = match &self.weights {
+            Weights::F32(w) => w.bytes(),
+            Weights::F16 { data, .. } => 2 * data.len(),
+        };
+        weights + 4 * self.bias.len()
     }
 
     /// `output[batch, outputs] = activation(input[batch, inputs] · W^T + bias)`.
     pub fn run(&self, isa: Isa, input: &[f32], batch: usize, output: &mut [f32]) {
+        let weights = match &self.weights {
+            Weights::F32(w) => w,
+            Weights::F16 { k, n, nr, data } => {
+                return self.run_f16(isa, &input[..batch * k], (*k, *n, *nr), data, output)
+            }
+        };
         let a = RowMajor {
             data: &input[..batch * self.inputs],
             rows: batch,
@@ -52,7 +115,114 @@ impl Dense {
             activation: self.activation,
             residual: None,
         };
-        gemm::gemm(isa, &a, &self.weights, output, &epilogue);
+        gemm::gemm(isa, &a, weights, output, &epilogue);
+    }
+
+    /// [`Dense::run`] on f16 weights: each strip, shared out over rayon's pool, multiplies
+    /// [`F16_ROWS`] input rows at a time (a last single row alone).
+    fn run_f16(
+        &self,
+        isa: Isa,
+        input: &[f32],
+        (k, n, nr): (usize, usize, usize),
+        data: &[u16],
+        output: &mut [f32],
+    ) {
+        let batch = input.len() / k.max(1);
+        let out = SyncPtr::new(output);
+        let run = |s: usize| {
+            let strip = &data[s * k * nr..(s + 1) * k * nr];
+            let (col0, cols) = (s * nr, nr.min(n - s * nr));
+            let mut acc = vec![0f32; F16_ROWS * nr];
+            let mut r0 = 0;
+            while r0 < batch {
+                let rows = if batch - r0 >= F16_ROWS { F16_ROWS } else { 1 };
+                gemv16(
+                    isa,
+                    &input[r0 * k..(r0 + rows) * k],
+                    k,
+                    strip,
+                    &mut acc[..rows * nr],
+                );
+                for r in 0..rows {
+                    let row = r0 + r;
+                    // SAFETY: strip s owns columns col0..col0+cols of every row of the
+                    // output, which holds batch x n values and outlives the loop.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.get().add(row * n + col0), cols)
+                    };
+                    dst.copy_from_slice(&acc[r * nr..r * nr + cols]);
+                    let bias = &self.bias[col0..col0 + cols];
+                    gemm::finish(isa, dst, Some(bias), self.activation, None);
+                }
+                r0 += rows;
+            }
+        };
+        let strips = n.div_ceil(nr);
+        // Bound by the stream of weights, as the f32 matrix-vector product (see `gemm`).
+        if parallel(8 * batch * n * k) {
+            (0..strips).into_par_iter().for_each(run);
+        } else {
+            (0..strips).for_each(run);
+        }
+    }
+}
+
+/// `acc[i * nr + j] = sum_p x[i * k + p] * f32(strip[p * nr + j])` for the 1 or
+/// [`F16_ROWS`] rows `x` holds: the x86 kernels where the CPU has them, else a portable loop.
+fn gemv16(isa: Isa, x: &[f32], k: usize, strip: &[u16], acc: &mut [f32]) {
+    let rows = x.len() / k.max(1);
+    let nr = acc.len() / rows.max(1);
+    assert!(strip.len() >= k * nr && x.len() == rows * k && acc.len() == rows * nr);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::{x86_64, Arch};
+        let row = |i: usize| x[i * k..].as_ptr();
+        let (w, a) = (strip.as_ptr(), acc.as_mut_ptr());
+        // SAFETY (every call): the rows hold k values each, the strip (checked) nr * k, acc
+        // nr per row; the kernel's instruction set is the Isa's, which it can only be when
+        // the CPU has it (F16C is tested here).
+        match (isa.arch(), nr, rows) {
+            (Arch::Avx512, 32, 1) => {
+                return unsafe { x86_64::avx512_gemv16_strip::<1, 4>(k, [row(0)], w, a) }
+            }
+            (Arch::Avx512, 32, F16_ROWS) => {
+                return unsafe {
+                    x86_64::avx512_gemv16_strip::<F16_ROWS, 1>(k, std::array::from_fn(row), w, a)
+                }
+            }
+            (Arch::Avx2, 16, 1) if std::arch::is_x86_feature_detected!("f16c") => {
+                return unsafe { x86_64::avx2_gemv16_strip::<1, 4>(k, [row(0)], w, a) }
+            }
+            (Arch::Avx2, 16, F16_ROWS) if std::arch::is_x86_feature_detected!("f16c") => {
+                return unsafe {
+                    x86_64::avx2_gemv16_strip::<F16_ROWS, 1>(k, std::array::from_fn(row), w, a)
+                }
+            }
+            _ => {}
+        }
+    }
+    gemv16_loop(isa, x, k, strip, acc);
+}
+
+multiversion! {
+    /// [`gemv16`]'s portable loop, each weight converted once per depth for all the rows.
+    fn gemv16_loop(x: &[f32], k: usize, strip: &[u16], acc: &mut [f32]) {
+        let rows = x.len() / k.max(1);
+        let nr = acc.len() / rows.max(1);
+        acc.fill(0.0);
+        let mut w = vec![0f32; nr];
+        for p in 0..k {
+            for (w, &bits) in w.iter_mut().zip(&strip[p * nr..(p + 1) * nr]) {
+                *w = f16::from_bits(bits).to_f32();
+            }
+            for (i, sums) in acc.chunks_exact_mut(nr).enumerate() {
+                let xp = x[i * k + p];
+                for (s, w) in sums.iter_mut().zip(&w) {
+                    *s += xp * *w;
+                }
+            }
+        }
     }
 }
 
@@ -102,6 +272,55 @@ mod tests {
                 dense.run(isa, &nhwc, batch, &mut out);
                 let err = max_relative_error(&out, &expected);
                 assert!(err <= 1e-5, "{} batch {batch}: {err:e}", isa.name());
+            }
+        }
+    }
+
+    /// f16 weights against the naive layer on the same weights in f32: every instruction
+    /// set, batches that take the four-row kernel, the one-row kernel and both, depths with
+    /// and without a remainder past the kernels' steps of four, a part-filled last strip.
+    #[test]
+    fn f16_dense_matches_naive_layer() {
+        let mut rng = Rng::new(6);
+        for isa in Isa::supported() {
+            for (inputs, outputs) in [(1, 1), (7, 3), (64, 40), (259, 70)] {
+                let weight: Vec<f16> = rng
+                    .vec(outputs * inputs)
+                    .into_iter()
+                    .map(f16::from_f32)
+                    .collect();
+                let wide: Vec<f32> = weight.iter().map(|w| w.to_f32()).collect();
+                let bias = rng.vec(outputs);
+                let dense = Dense::new_f16(isa, &weight, bias.clone(), Activation::Relu6, |i| i);
+                assert_eq!(
+                    dense.bytes(),
+                    2 * outputs.div_ceil(Microkernel::for_isa(isa).nr)
+                        * Microkernel::for_isa(isa).nr
+                        * inputs
+                        + 4 * outputs
+                );
+                for batch in [1, 2, 4, 5, 9] {
+                    let x = rng.vec(batch * inputs);
+                    let mut expected = vec![0f32; batch * outputs];
+                    for b in 0..batch {
+                        for o in 0..outputs {
+                            let dot: f64 = (0..inputs)
+                                .map(|i| {
+                                    f64::from(x[b * inputs + i]) * f64::from(wide[o * inputs + i])
+                                })
+                                .sum();
+                            expected[b * outputs + o] = (dot as f32 + bias[o]).clamp(0.0, 6.0);
+                        }
+                    }
+                    let mut out = vec![f32::NAN; batch * outputs];
+                    dense.run(isa, &x, batch, &mut out);
+                    let err = max_relative_error(&out, &expected);
+                    assert!(
+                        err <= 1e-5,
+                        "{} {inputs}->{outputs} batch {batch}: {err:e}",
+                        isa.name()
+                    );
+                }
             }
         }
     }

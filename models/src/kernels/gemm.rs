@@ -612,7 +612,7 @@ multiversion! {
 
 multiversion! {
     /// An edge tile's row: `dst = src` or `dst += src`.
-    fn store(src: &[f32], dst: &mut [f32], accumulate: bool) {
+    pub(crate) fn store(src: &[f32], dst: &mut [f32], accumulate: bool) {
         if accumulate {
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += *s;
@@ -625,7 +625,7 @@ multiversion! {
 
 multiversion! {
     /// The epilogue, in place on one finished row of a tile.
-    fn finish(
+    pub(crate) fn finish(
         dst: &mut [f32],
         bias: Option<&[f32]>,
         activation: Activation,

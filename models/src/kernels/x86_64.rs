@@ -820,3 +820,128 @@ pub(super) unsafe fn avx2_gemv_strip(k: usize, x: *const f32, strip: *const f32,
         _mm256_storeu_ps(acc.add(8), hi);
     }
 }
+
+/// [`avx512_gemv_strip`] on f16 weights (IEEE half, as an artifact stores them), `R` rows at
+/// a time: `acc[i * 32 + j] = sum_p x[i][p] * f32(strip[p * 32 + j])`. Each depth's 32 weights
+/// are converted as they are loaded (`vcvtph2ps`), so a matrix-vector product streams half the
+/// bytes of f32 weights. `U` depths per step in independent accumulators (4 for one row, whose
+/// chain of multiply-adds would otherwise wait on its latency; 1 for four rows).
+///
+/// # Safety
+/// Each `x[i]` holds `k` values, `strip` `32 * k` and `acc` `32 * R`; the CPU must have
+/// AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn avx512_gemv16_strip<const R: usize, const U: usize>(
+    k: usize,
+    x: [*const f32; R],
+    strip: *const u16,
+    acc: *mut f32,
+) {
+    let mut sum = [[[_mm512_setzero_ps(); 2]; R]; U];
+    for step in 0..k / U {
+        // SAFETY: depths step * U .. + U are below k; prefetches never fault (the address is
+        // formed with wrapping arithmetic and never dereferenced).
+        unsafe {
+            let w = strip.add(step * U * 32);
+            for line in 0..U {
+                let ahead = w.cast::<i8>().wrapping_add(GEMV_PREFETCH + 64 * line);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+            }
+            for (u, sum) in sum.iter_mut().enumerate() {
+                let wu = w.add(32 * u);
+                let lo = _mm512_cvtph_ps(_mm256_loadu_si256(wu.cast()));
+                let hi = _mm512_cvtph_ps(_mm256_loadu_si256(wu.add(16).cast()));
+                for (row, sum) in x.iter().zip(sum.iter_mut()) {
+                    let xp = _mm512_set1_ps(*row.add(step * U + u));
+                    sum[0] = _mm512_fmadd_ps(xp, lo, sum[0]);
+                    sum[1] = _mm512_fmadd_ps(xp, hi, sum[1]);
+                }
+            }
+        }
+    }
+    for p in k / U * U..k {
+        // SAFETY: p < k.
+        unsafe {
+            let w = strip.add(p * 32);
+            let lo = _mm512_cvtph_ps(_mm256_loadu_si256(w.cast()));
+            let hi = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(16).cast()));
+            for (row, sum) in x.iter().zip(sum[0].iter_mut()) {
+                let xp = _mm512_set1_ps(*row.add(p));
+                sum[0] = _mm512_fmadd_ps(xp, lo, sum[0]);
+                sum[1] = _mm512_fmadd_ps(xp, hi, sum[1]);
+            }
+        }
+    }
+    for i in 0..R {
+        let (mut lo, mut hi) = (sum[0][i][0], sum[0][i][1]);
+        for s in &sum[1..] {
+            lo = _mm512_add_ps(lo, s[i][0]);
+            hi = _mm512_add_ps(hi, s[i][1]);
+        }
+        // SAFETY: acc holds 32 R values.
+        unsafe {
+            _mm512_storeu_ps(acc.add(32 * i), lo);
+            _mm512_storeu_ps(acc.add(32 * i + 16), hi);
+        }
+    }
+}
+
+/// [`avx512_gemv16_strip`] for AVX2's 16-column strips, converting with F16C.
+///
+/// # Safety
+/// Each `x[i]` holds `k` values, `strip` `16 * k` and `acc` `16 * R`; the CPU must have
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn avx2_gemv16_strip<const R: usize, const U: usize>(
+    k: usize,
+    x: [*const f32; R],
+    strip: *const u16,
+    acc: *mut f32,
+) {
+    let mut sum = [[[_mm256_setzero_ps(); 2]; R]; U];
+    for step in 0..k / U {
+        // SAFETY: as in `avx512_gemv16_strip`.
+        unsafe {
+            let w = strip.add(step * U * 16);
+            for line in 0..U.div_ceil(2) {
+                let ahead = w.cast::<i8>().wrapping_add(GEMV_PREFETCH + 64 * line);
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+            }
+            for (u, sum) in sum.iter_mut().enumerate() {
+                let wu = w.add(16 * u);
+                let lo = _mm256_cvtph_ps(_mm_loadu_si128(wu.cast()));
+                let hi = _mm256_cvtph_ps(_mm_loadu_si128(wu.add(8).cast()));
+                for (row, sum) in x.iter().zip(sum.iter_mut()) {
+                    let xp = _mm256_broadcast_ss(&*row.add(step * U + u));
+                    sum[0] = _mm256_fmadd_ps(xp, lo, sum[0]);
+                    sum[1] = _mm256_fmadd_ps(xp, hi, sum[1]);
+                }
+            }
+        }
+    }
+    for p in k / U * U..k {
+        // SAFETY: p < k.
+        unsafe {
+            let w = strip.add(p * 16);
+            let lo = _mm256_cvtph_ps(_mm_loadu_si128(w.cast()));
+            let hi = _mm256_cvtph_ps(_mm_loadu_si128(w.add(8).cast()));
+            for (row, sum) in x.iter().zip(sum[0].iter_mut()) {
+                let xp = _mm256_broadcast_ss(&*row.add(p));
+                sum[0] = _mm256_fmadd_ps(xp, lo, sum[0]);
+                sum[1] = _mm256_fmadd_ps(xp, hi, sum[1]);
+            }
+        }
+    }
+    for i in 0..R {
+        let (mut lo, mut hi) = (sum[0][i][0], sum[0][i][1]);
+        for s in &sum[1..] {
+            lo = _mm256_add_ps(lo, s[i][0]);
+            hi = _mm256_add_ps(hi, s[i][1]);
+        }
+        // SAFETY: acc holds 16 R values.
+        unsafe {
+            _mm256_storeu_ps(acc.add(16 * i), lo);
+            _mm256_storeu_ps(acc.add(16 * i + 8), hi);
+        }
+    }
+}

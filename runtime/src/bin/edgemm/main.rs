@@ -11,6 +11,7 @@ macro_rules! out {
 
 mod eval;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +65,10 @@ enum Command {
         /// Output artifact, e.g. models/repository/my-model.tar.gz
         #[arg(short, long)]
         output: PathBuf,
+        /// Store every tensor in this dtype (f16 halves the artifact and the dense layers'
+        /// memory; the network still computes in f32) [default: as the weights file stores]
+        #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+        dtype: Option<String>,
     },
     /// Verify an artifact and show its manifest, tensors, sizes and checksum
     Inspect {
@@ -209,7 +214,14 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
             weights,
             random_seed,
             output,
-        } => pack(&manifest, weights.as_deref(), random_seed, &output),
+            dtype,
+        } => pack(
+            &manifest,
+            weights.as_deref(),
+            random_seed,
+            &output,
+            dtype.as_deref(),
+        ),
         Command::Inspect { artifact, json } => inspect(&artifact, settings.cache_dir, json),
         Command::Predict {
             repo,
@@ -260,6 +272,7 @@ fn pack(
     weights: Option<&Path>,
     seed: Option<u64>,
     output: &Path,
+    dtype: Option<&str>,
 ) -> AnyResult<ExitCode> {
     let mut value: serde_json::Value = serde_json::from_slice(&read(manifest_path)?)
         .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
@@ -279,6 +292,34 @@ fn pack(
             scratch.0.clone()
         }
         (None, None) => unreachable!("clap requires --weights or --random-seed"),
+    };
+    // `--dtype`: every tensor converted (rounded to nearest) and written beside the output;
+    // the manifest then says the new dtype.
+    let converted;
+    let weights = match dtype {
+        None => weights,
+        Some(name) => {
+            let target = match name {
+                "f16" => candle_core::DType::F16,
+                "bf16" => candle_core::DType::BF16,
+                _ => candle_core::DType::F32,
+            };
+            let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)
+                .map_err(|e| format!("{}: {e}", weights.display()))?;
+            let tensors = tensors
+                .into_iter()
+                .map(|(name, t)| Ok((name, t.to_dtype(target)?)))
+                .collect::<candle_core::Result<HashMap<_, _>>>()?;
+            converted = ScratchFile::new(output, "converted.safetensors");
+            candle_core::safetensors::save(&tensors, &converted.0)?;
+            let spec = value
+                .as_object_mut()
+                .ok_or("manifest is not a JSON object")?
+                .entry("weights")
+                .or_insert_with(|| serde_json::json!({}));
+            spec["dtype"] = name.into();
+            converted.0.clone()
+        }
     };
     // The checksum (and the dtype, when left out) come from the weights themselves.
     let weights_spec = value
