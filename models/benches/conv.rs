@@ -3,7 +3,9 @@
 //! each layer takes the algorithm the plan gives it: direct, Winograd F(2x2) or F(4x4), or
 //! im2col).
 //!
-//!     cargo bench -p edgemm-models --bench conv [-- ISA]
+//!     cargo bench -p edgemm-models --bench conv [-- ISA [NAME]]
+//!
+//! NAME keeps only the layers whose name contains it (e.g. `alexnet`).
 //!
 //! Prints the median of 60 calls per shape (after 10 untimed ones) with its effective
 //! GFLOP/s (direct-convolution multiply-adds x 2 over the time), and the 10th percentile: on a
@@ -22,9 +24,13 @@ fn main() {
 }
 
 fn run() {
-    let isa = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args()
+        .skip(1)
         .filter(|a| a != "--bench")
+        .collect();
+    let only = args.get(1).cloned().unwrap_or_default();
+    let isa = args
+        .first()
         .map(|name| Isa::by_name(&name).unwrap_or_else(|| panic!("no instruction set {name}")))
         .unwrap_or_else(Isa::best);
     println!(
@@ -67,6 +73,9 @@ fn run() {
         ("vgg16 conv5_2", 14, 512, 512, 3, 1, Padding::Symmetric(1)),
     ];
     for (name, side, c_in, c_out, k, s, padding) in shapes {
+        if !name.contains(&only) {
+            continue;
+        }
         let x: Vec<f32> = (0..side * side * c_in)
             .map(|i| (i % 17) as f32 / 17.0 - 0.3)
             .collect();
