@@ -31,7 +31,7 @@ fn run() {
     let only = args.get(1).cloned().unwrap_or_default();
     let isa = args
         .first()
-        .map(|name| Isa::by_name(&name).unwrap_or_else(|| panic!("no instruction set {name}")))
+        .map(|name| Isa::by_name(name).unwrap_or_else(|| panic!("no instruction set {name}")))
         .unwrap_or_else(Isa::best);
     println!(
         "{} with {} threads; side x in -> out channels, kernel/stride: median of 60",
