@@ -189,8 +189,14 @@ def main():
                         "as the Rust bench's --warmup-ms")
     p.add_argument("--reuse", action="store_true",
                    help="time only, with the graphs and checks an earlier invocation made")
+    p.add_argument("--models", help="comma-separated names, as the Rust bench's (default: all "
+                                    "that WORK holds)")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     args = p.parse_args()
     names = sorted(f[: -len(".json")] for f in os.listdir(args.work) if f.endswith(".json"))
+    if args.models:
+        names = [n for n in names if n in args.models.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
     failures = 0
     for name in names:
         meta = json.load(open(os.path.join(args.work, name + ".json")))
@@ -213,7 +219,7 @@ def main():
             print(json.dumps({"runtime": "check", "model": name, "max_relative_error": err}),
                   flush=True)
         h, w = meta["height"], meta["width"]
-        for batch in (1, 8):
+        for batch in batches:
             x = np.zeros((batch, 3, h, w), np.float32)
             warm = time.perf_counter()
             sess.run(None, {"input": x})
