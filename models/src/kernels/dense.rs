@@ -45,14 +45,30 @@ impl Dense {
         activation: Activation,
         column: impl Fn(usize) -> usize,
     ) -> Self {
-        let outputs = bias.len();
-        let inputs = weight.len() / outputs.max(1);
-        assert_eq!(weight.len(), inputs * outputs);
+        let (inputs, outputs) = Self::shape(weight.len(), &bias);
         let weights = PackedB::new(isa, inputs, outputs, |i, o| weight[o * inputs + column(i)]);
+        Self::with(inputs, outputs, Weights::F32(weights), bias, activation)
+    }
+
+    /// `(inputs, outputs)` of `values` weights for `bias`'s outputs.
+    fn shape(values: usize, bias: &[f32]) -> (usize, usize) {
+        let outputs = bias.len();
+        let inputs = values / outputs.max(1);
+        assert_eq!(values, inputs * outputs, "weights not [outputs, inputs]");
+        (inputs, outputs)
+    }
+
+    fn with(
+        inputs: usize,
+        outputs: usize,
+        weights: Weights,
+        bias: Vec<f32>,
+        activation: Activation,
+    ) -> Self {
         Self {
             inputs,
             outputs,
-            weights: Weights::F32(weights),
+            weights,
             bias,
             activation,
         }
@@ -68,9 +84,7 @@ impl Dense {
         activation: Activation,
         column: impl Fn(usize) -> usize,
     ) -> Self {
-        let outputs = bias.len();
-        let inputs = weight.len() / outputs.max(1);
-        assert_eq!(weight.len(), inputs * outputs);
+        let (inputs, outputs) = Self::shape(weight.len(), &bias);
         let (k, n, nr) = (inputs, outputs, Microkernel::for_isa(isa).nr);
         let mut data = vec![0u16; n.div_ceil(nr) * k * nr];
         for (s, strip) in data.chunks_exact_mut((k * nr).max(1)).enumerate() {
@@ -80,13 +94,8 @@ impl Dense {
                 }
             }
         }
-        Self {
-            inputs,
-            outputs,
-            weights: Weights::F16 { k, n, nr, data },
-            bias,
-            activation,
-        }
+        let weights = Weights::F16 { k, n, nr, data };
+        Self::with(inputs, outputs, weights, bias, activation)
     }
 
     pub fn bytes(&self) -> usize {
