@@ -89,6 +89,13 @@ fn f16_weights_fast_matches_reference() {
     compare_stored("vgg16", config, &[(1, 32, 32), (5, 32, 32)], DType::F16);
 }
 
+/// bf16 weights: every tensor converted to f32 at load, dense layers included.
+#[test]
+fn bf16_weights_fast_matches_reference() {
+    let config = serde_json::json!({ "input_size": 24, "channels": [5, 17, 33], "hidden": 19 });
+    compare_stored("alexnet-small", config, &[(1, 24, 24), (5, 24, 24)], DType::BF16);
+}
+
 /// The switch itself: names parse, unknown ones are refused with the known list.
 #[test]
 fn kernels_parse_from_names() {
