@@ -370,7 +370,15 @@ pub(crate) fn with_weights<T>(
 ) -> Result<T> {
     // In f32 whatever the artifact stores (a `VarBuilder` of an f16 artifact hands out its
     // tensors in f16; see `dense`).
-    let tensor = vb.get(shape, name)?.to_dtype(DType::F32)?.contiguous()?;
+    with_values(vb.get(shape, name)?.to_dtype(DType::F32)?, f)
+}
+
+/// Calls `f` on the values of a CPU tensor, in its dtype `E`.
+fn with_values<E: candle_core::WithDType, T>(
+    tensor: Tensor,
+    f: impl FnOnce(&[E]) -> T,
+) -> Result<T> {
+    let tensor = tensor.contiguous()?;
     let (storage, layout) = tensor.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
         return Err(Error::Candle(candle_core::Error::Msg(
@@ -378,7 +386,7 @@ pub(crate) fn with_weights<T>(
         )));
     };
     let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+    Ok(f(&cpu.as_slice::<E>()?[start..end]))
 }
 
 /// The dense layer under `vb` (`weight` `[outputs, inputs]`, `bias` `[outputs]`, PyTorch's
@@ -394,21 +402,16 @@ pub(crate) fn dense(
     column: impl Fn(usize) -> usize,
 ) -> Result<Dense> {
     let bias = load(vb, &[outputs], "bias")?;
-    if vb.dtype() != DType::F16 {
-        return with_weights(vb, &[outputs, inputs], "weight", |w| {
+    let shape = [outputs, inputs];
+    if vb.dtype() == DType::F16 {
+        with_values(vb.get(&shape[..], "weight")?, |w: &[half::f16]| {
+            Dense::new_f16(isa, w, bias, activation, column)
+        })
+    } else {
+        with_weights(vb, &shape, "weight", |w| {
             Dense::new(isa, w, bias, activation, column)
-        });
+        })
     }
-    let tensor = vb.get(&[outputs, inputs][..], "weight")?.contiguous()?;
-    let (storage, layout) = tensor.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        return Err(Error::Candle(candle_core::Error::Msg(
-            "the fast kernels run on the CPU".into(),
-        )));
-    };
-    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-    let weight = &cpu.as_slice::<half::f16>()?[start..end];
-    Ok(Dense::new_f16(isa, weight, bias, activation, column))
 }
 
 /// Folds inference batch norm (PyTorch names under `vb`) into the preceding layer:

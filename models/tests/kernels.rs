@@ -93,7 +93,12 @@ fn f16_weights_fast_matches_reference() {
 #[test]
 fn bf16_weights_fast_matches_reference() {
     let config = serde_json::json!({ "input_size": 24, "channels": [5, 17, 33], "hidden": 19 });
-    compare_stored("alexnet-small", config, &[(1, 24, 24), (5, 24, 24)], DType::BF16);
+    compare_stored(
+        "alexnet-small",
+        config,
+        &[(1, 24, 24), (5, 24, 24)],
+        DType::BF16,
+    );
 }
 
 /// The switch itself: names parse, unknown ones are refused with the known list.
