@@ -450,6 +450,7 @@ pub(crate) const ARCHITECTURE: Architecture = Architecture {
         )?))
     },
     plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
+    graph: None,
 };
 
 #[cfg(test)]

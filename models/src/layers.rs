@@ -17,27 +17,65 @@ pub enum Padding {
     /// TensorFlow's "SAME": output size `ceil(in / stride)`, the odd zero goes after. This is
     /// what EfficientNet checkpoints converted from TensorFlow expect.
     TfSame,
+    /// Zeros given per side, as ONNX's `pads` attribute lists them (exporters from TensorFlow
+    /// write "SAME" padding out this way, with the odd zero after).
+    Explicit {
+        top: usize,
+        left: usize,
+        bottom: usize,
+        right: usize,
+    },
 }
 
 impl Padding {
-    /// Zeros before and after along one spatial dimension, and the output length.
-    pub(crate) fn resolve(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    /// Zeros above and below a map of `height` rows, and the output height.
+    pub(crate) fn rows(self, height: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
         match self {
-            // An input smaller than the window gives no output (0), for the caller to refuse.
-            Padding::Symmetric(p) => (
-                p,
-                p,
-                (len + 2 * p)
-                    .checked_sub(kernel)
-                    .map_or(0, |span| span / stride + 1),
-            ),
+            Padding::Explicit { top, bottom, .. } => fixed(top, bottom, height, kernel, stride),
+            _ => self.either_axis(height, kernel, stride),
+        }
+    }
+
+    /// Zeros left and right of a map of `width` columns, and the output width.
+    pub(crate) fn cols(self, width: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+        match self {
+            Padding::Explicit { left, right, .. } => fixed(left, right, width, kernel, stride),
+            _ => self.either_axis(width, kernel, stride),
+        }
+    }
+
+    /// The padding of a rule that treats rows and columns alike.
+    fn either_axis(self, len: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+        match self {
+            Padding::Symmetric(p) => fixed(p, p, len, kernel, stride),
             Padding::TfSame => {
                 let out = len.div_ceil(stride);
                 let total = ((out - 1) * stride + kernel).saturating_sub(len);
                 (total / 2, total - total / 2, out)
             }
+            Padding::Explicit { .. } => unreachable!("explicit padding is resolved per axis"),
         }
     }
+
+    /// Whether this padding adds no zeros to any map for a 1x1 stride-1 window.
+    pub(crate) fn is_none_for_pointwise(self) -> bool {
+        self.rows(1, 1, 1) == (0, 0, 1) && self.cols(1, 1, 1) == (0, 0, 1)
+    }
+}
+
+/// `before` and `after` zeros around `len` values: the output length of a `kernel` window at
+/// `stride`. An input smaller than the window gives no output (0), for the caller to refuse.
+fn fixed(
+    before: usize,
+    after: usize,
+    len: usize,
+    kernel: usize,
+    stride: usize,
+) -> (usize, usize, usize) {
+    let out = (len + before + after)
+        .checked_sub(kernel)
+        .map_or(0, |span| span / stride + 1);
+    (before, after, out)
 }
 
 /// A dense (groups = 1) 2-D convolution with an optional bias. Weight is OIHW.
@@ -124,8 +162,8 @@ impl Conv2d {
                 None => y,
             });
         }
-        let (top, bottom, _) = self.padding.resolve(h, kernel, self.stride);
-        let (left, right, _) = self.padding.resolve(w, kernel, self.stride);
+        let (top, bottom, _) = self.padding.rows(h, kernel, self.stride);
+        let (left, right, _) = self.padding.cols(w, kernel, self.stride);
         let y = if top == bottom && left == right && top == left {
             x.conv2d(&self.weight, top, self.stride, 1, 1)?
         } else {
@@ -213,8 +251,8 @@ impl DepthwiseConv2d {
         }
         let (n, c, h, w) = x.dims4()?;
         let (k, s) = (self.kernel, self.stride);
-        let (top, _, h_out) = self.padding.resolve(h, k, s);
-        let (left, _, w_out) = self.padding.resolve(w, k, s);
+        let (top, _, h_out) = self.padding.rows(h, k, s);
+        let (left, _, w_out) = self.padding.cols(w, k, s);
         // Pad (or trim) so the padded size is a multiple of the stride; then the input splits
         // into s*s phases and every tap reads one phase at an integer offset.
         let h_phase = h_out + (k - 1) / s;

@@ -34,6 +34,7 @@
 pub mod alexnet_small;
 pub mod efficientnet_lite0;
 pub mod golden;
+pub mod graph;
 pub mod init;
 pub mod kernels;
 mod layers;
@@ -45,9 +46,10 @@ pub mod vgg16;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+pub use graph::Graph;
 pub use kernels::{Isa, Kernels};
 pub use layers::Padding;
-pub use plan::Plan;
+pub use plan::{Plan, StepInfo};
 
 /// Errors raised while validating a config or building a network.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,12 @@ impl TensorSpec {
 pub trait Classifier: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     fn num_classes(&self) -> usize;
+
+    /// The steps of a plan over the fast kernels (which kernel runs which graph nodes), or
+    /// `None` for candle's ops.
+    fn steps(&self) -> Option<Vec<StepInfo>> {
+        None
+    }
 }
 
 /// `(height, width)` in pixels.
@@ -128,9 +136,40 @@ pub struct Architecture {
     num_classes: fn(&serde_json::Value) -> Result<usize>,
     build: fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn Classifier>>,
     plan: fn(&serde_json::Value, VarBuilder, Isa) -> Result<Plan>,
+    /// The graph describing the network, for architectures described by one.
+    graph: Option<fn(&serde_json::Value) -> Result<Graph>>,
 }
 
+/// The registry entry of an architecture described by a [`Graph`]: `$graph` builds it from
+/// the config, and every entry point is read from it.
+macro_rules! graph_architecture {
+    ($name:expr, $summary:expr, $graph:path) => {
+        $crate::Architecture {
+            name: $name,
+            summary: $summary,
+            tensor_specs: |config| $graph(config)?.tensor_specs(),
+            input_size: |config| Ok($graph(config)?.input.size),
+            num_classes: |config| $graph(config)?.classes(),
+            build: |config, vb| {
+                Ok(Box::new($crate::graph::reference::GraphNetwork::new(
+                    &$graph(config)?,
+                    vb,
+                )?))
+            },
+            plan: |config, vb, isa| $crate::graph::planner::plan(&$graph(config)?, &vb, isa, $name),
+            graph: Some($graph),
+        }
+    };
+}
+pub(crate) use graph_architecture;
+
 impl Architecture {
+    /// The graph describing the network, for architectures described by one (the graph
+    /// carried in a manifest, MobileNetV3, ResNet50).
+    pub fn graph(&self, config: &serde_json::Value) -> Option<Result<Graph>> {
+        self.graph.map(|g| g(config))
+    }
+
     /// Every tensor the weights must hold, in a stable order.
     pub fn tensor_specs(&self, config: &serde_json::Value) -> Result<Vec<TensorSpec>> {
         (self.tensor_specs)(config)
@@ -178,6 +217,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
     alexnet_small::ARCHITECTURE,
     vgg16::ARCHITECTURE,
     efficientnet_lite0::ARCHITECTURE,
+    graph::ARCHITECTURE,
 ];
 
 /// Looks an architecture up by its registry name.

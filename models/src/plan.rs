@@ -13,8 +13,11 @@ use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use crate::graph;
 use crate::kernels::conv::Conv;
 use crate::kernels::dense::Dense;
+use crate::kernels::depthwise::Depthwise;
+use crate::kernels::elementwise::{self, BinaryOp, PoolKind};
 use crate::kernels::mbconv::MbConv;
 use crate::kernels::{self, pool, Isa};
 use crate::{layers, Classifier, Error, Result};
@@ -23,34 +26,102 @@ use crate::{layers, Classifier, Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Value(usize);
 
-/// `(batch, height, width, channels)`.
+/// `(batch, height, width, channels)`; flat features are `(batch, 1, 1, features)`.
 type Shape = (usize, usize, usize, usize);
 
-enum Op {
+pub(crate) enum Op {
+    /// Reads the input and, when given, a residual of the output's shape.
     Conv(Conv),
+    Depthwise(Depthwise),
+    /// Reads the input and, when given, a residual of the output's shape.
     MbConv(Box<MbConv>),
     MaxPool2x2,
+    /// A window of any size, stride and padding.
+    Pool(graph::Pool, PoolKind),
     GlobalAvgPool,
     Dense(Dense),
+    Activation(graph::Activation),
+    /// Per-channel `x * scale + shift` (a batch norm no convolution absorbed).
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
+    /// Two inputs: the second of the first's shape, or one value per image and channel;
+    /// then an optional activation.
+    Binary(BinaryOp, Option<graph::Activation>),
+    /// NHWC to NCHW-ordered flat features.
+    Flatten,
+    Concat,
+    /// A node the kernels cannot run, as candle ops over converted copies of its inputs.
+    /// `flat` says which inputs are flat features rather than maps.
+    Fallback {
+        layer: Box<graph::reference::Layer>,
+        op: Box<graph::Op>,
+        flat: Vec<bool>,
+    },
 }
 
 impl Op {
     fn name(&self) -> String {
         match self {
             Op::Conv(c) => format!("conv{}x{}s{}", c.kernel, c.kernel, c.stride),
+            Op::Depthwise(d) => format!("dw{}x{}s{}", d.kernel, d.kernel, d.stride),
             Op::MbConv(_) => "mbconv".into(),
             Op::MaxPool2x2 => "maxpool".into(),
+            Op::Pool(p, kind) => {
+                let kind = match kind {
+                    PoolKind::Max => "max",
+                    PoolKind::Average => "avg",
+                };
+                format!("{kind}pool{}x{}s{}", p.kernel[0], p.kernel[1], p.stride[0])
+            }
             Op::GlobalAvgPool => "avgpool".into(),
             Op::Dense(_) => "dense".into(),
+            Op::Activation(function) => graph::Op::Activation {
+                function: *function,
+            }
+            .kind()
+            .into(),
+            Op::Affine { .. } => "affine".into(),
+            Op::Binary(BinaryOp::Add, _) => "add".into(),
+            Op::Binary(BinaryOp::Mul, _) => "mul".into(),
+            Op::Flatten => "flatten".into(),
+            Op::Concat => "concat".into(),
+            Op::Fallback { op, .. } => format!("candle:{}", op.kind()),
+        }
+    }
+
+    /// Bytes of weights the step holds (packed, transformed), as the kernels report them.
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Conv(c) => c.bytes(),
+            Op::Depthwise(d) => d.bytes(),
+            Op::MbConv(b) => b.bytes(),
+            Op::Dense(d) => d.bytes(),
+            Op::Affine { scale, shift } => 4 * (scale.len() + shift.len()),
+            _ => 0,
         }
     }
 }
 
-struct Step {
+pub(crate) struct Step {
     op: Op,
-    input: Value,
-    /// Added to the output (a residual connection); same shape as the output.
-    residual: Option<Value>,
+    inputs: Vec<Value>,
+    /// The graph nodes this step computes (empty for hand-built plans).
+    nodes: Vec<String>,
+}
+
+/// How a step of a plan runs, for `edgemm inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StepInfo {
+    /// The kernel, e.g. `conv3x3s1`, `mbconv`, `candle:prelu`.
+    pub kernel: String,
+    /// `fused kernel` (several graph nodes in one step), `kernel`, or `candle fallback`.
+    pub path: &'static str,
+    /// The graph nodes it computes.
+    pub nodes: Vec<String>,
+    /// Bytes of packed weights it holds.
+    pub bytes: usize,
 }
 
 /// Builds a [`Plan`] step by step. Step `i` defines value `i + 1`; value 0 is the input.
@@ -76,35 +147,42 @@ impl PlanBuilder {
         Value(0)
     }
 
-    fn push(&mut self, op: Op, input: Value, residual: Option<Value>) -> Value {
+    /// Appends a step computing graph nodes `nodes` (for the listing).
+    pub fn push(&mut self, op: Op, inputs: &[Value], nodes: Vec<String>) -> Value {
         self.steps.push(Step {
             op,
-            input,
-            residual,
+            inputs: inputs.to_vec(),
+            nodes,
         });
         Value(self.steps.len())
     }
 
+    fn push_with_residual(&mut self, op: Op, x: Value, residual: Option<Value>) -> Value {
+        let mut inputs = vec![x];
+        inputs.extend(residual);
+        self.push(op, &inputs, Vec::new())
+    }
+
     pub fn conv(&mut self, x: Value, conv: Conv, residual: Option<Value>) -> Value {
-        self.push(Op::Conv(conv), x, residual)
+        self.push_with_residual(Op::Conv(conv), x, residual)
     }
 
     /// A fused inverted-residual block; `residual` as for [`PlanBuilder::conv`].
     pub fn mbconv(&mut self, x: Value, block: MbConv, residual: Option<Value>) -> Value {
-        self.push(Op::MbConv(Box::new(block)), x, residual)
+        self.push_with_residual(Op::MbConv(Box::new(block)), x, residual)
     }
 
     pub fn max_pool_2x2(&mut self, x: Value) -> Value {
-        self.push(Op::MaxPool2x2, x, None)
+        self.push(Op::MaxPool2x2, &[x], Vec::new())
     }
 
     pub fn global_avg_pool(&mut self, x: Value) -> Value {
-        self.push(Op::GlobalAvgPool, x, None)
+        self.push(Op::GlobalAvgPool, &[x], Vec::new())
     }
 
     /// A dense layer over the flattened (NHWC-order) features of `x`.
     pub fn dense(&mut self, x: Value, dense: Dense) -> Value {
-        self.push(Op::Dense(dense), x, None)
+        self.push(Op::Dense(dense), &[x], Vec::new())
     }
 
     /// Finishes the plan; `output` must be a `[N, classes]` value (a dense layer's).
@@ -129,9 +207,8 @@ fn assign_buffers(steps: &[Step], output: Value) -> Vec<usize> {
     let values = steps.len() + 1;
     let mut last_use = vec![0usize; values];
     for (i, step) in steps.iter().enumerate() {
-        last_use[step.input.0] = i;
-        if let Some(r) = step.residual {
-            last_use[r.0] = i;
+        for v in &step.inputs {
+            last_use[v.0] = i;
         }
     }
     last_use[output.0] = usize::MAX;
@@ -176,41 +253,101 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every step: its kernel, how it runs, the graph nodes it covers and its weight bytes.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        self.steps
+            .iter()
+            .map(|s| StepInfo {
+                kernel: s.op.name(),
+                path: match (&s.op, s.nodes.len()) {
+                    (Op::Fallback { .. }, _) => "candle fallback",
+                    (_, n) if n > 1 => "fused kernel",
+                    _ => "kernel",
+                },
+                nodes: s.nodes.clone(),
+                bytes: s.op.bytes(),
+            })
+            .collect()
+    }
+
+    /// Bytes of weights the plan holds, packed as its kernels read them.
+    pub fn weight_bytes(&self) -> usize {
+        self.steps.iter().map(|s| s.op.bytes()).sum()
+    }
+
+    fn input_error(&self, reason: String) -> Error {
+        Error::Input {
+            architecture: self.architecture,
+            reason,
+        }
+    }
+
     /// The shape of every value for an `(n, h, w)` input.
     fn shapes(&self, (n, h, w): (usize, usize, usize)) -> Result<Vec<Shape>> {
         let mut shapes = vec![(n, h, w, 3)];
         for step in &self.steps {
-            let s = shapes[step.input.0];
+            let s = shapes[step.inputs[0].0];
             let out = match &step.op {
                 Op::Conv(c) => {
                     let g = c.geometry((s.0, s.1, s.2));
                     (n, g.out_height, g.out_width, c.c_out)
+                }
+                Op::Depthwise(d) => {
+                    let g = d.geometry((s.0, s.1, s.2));
+                    (n, g.out_height, g.out_width, d.channels)
                 }
                 Op::MbConv(b) => {
                     let (oh, ow) = b.out_size((s.0, s.1, s.2));
                     (n, oh, ow, b.c_out())
                 }
                 Op::MaxPool2x2 => (n, s.1 / 2, s.2 / 2, s.3),
+                Op::Pool(p, _) => {
+                    let (oh, ow) = p.out_size((s.1, s.2)).unwrap_or((0, 0));
+                    (n, oh, ow, s.3)
+                }
                 Op::GlobalAvgPool => (n, 1, 1, s.3),
                 Op::Dense(d) => {
                     if s.1 * s.2 * s.3 != d.inputs {
-                        return Err(Error::Input {
-                            architecture: self.architecture,
-                            reason: format!(
-                                "a {h}x{w} input gives {} features where the dense layer takes {}",
-                                s.1 * s.2 * s.3,
-                                d.inputs
-                            ),
-                        });
+                        return Err(self.input_error(format!(
+                            "a {h}x{w} input gives {} features where the dense layer takes {}",
+                            s.1 * s.2 * s.3,
+                            d.inputs
+                        )));
                     }
                     (n, 1, 1, d.outputs)
                 }
+                Op::Activation(_) | Op::Affine { .. } => s,
+                Op::Binary(..) => {
+                    let t = shapes[step.inputs[1].0];
+                    if t.1 * t.2 > s.1 * s.2 {
+                        t
+                    } else {
+                        s
+                    }
+                }
+                Op::Flatten => (n, 1, 1, s.1 * s.2 * s.3),
+                Op::Concat => {
+                    let c = step.inputs.iter().map(|v| shapes[v.0].3).sum();
+                    (n, s.1, s.2, c)
+                }
+                Op::Fallback { op, flat, .. } => {
+                    let inputs: Vec<graph::Shape> = step
+                        .inputs
+                        .iter()
+                        .zip(flat)
+                        .map(|(v, flat)| graph_shape(shapes[v.0], *flat))
+                        .collect();
+                    let shape = graph::infer(op, &inputs).map_err(|e| self.input_error(e))?;
+                    match shape {
+                        graph::Shape::Map { c, h, w } => (n, h, w, c),
+                        graph::Shape::Flat(f) => (n, 1, 1, f),
+                    }
+                }
             };
             if out.1 == 0 || out.2 == 0 {
-                return Err(Error::Input {
-                    architecture: self.architecture,
-                    reason: format!("a {h}x{w} input is too small for this network"),
-                });
+                return Err(
+                    self.input_error(format!("a {h}x{w} input is too small for this network"))
+                );
             }
             shapes.push(out);
         }
@@ -236,25 +373,89 @@ impl Plan {
         ws
     }
 
-    fn run_step(&self, step: &Step, shapes: &[Shape], bufs: &mut [Vec<f32>], out: Value) {
+    fn run_step(
+        &self,
+        step: &Step,
+        shapes: &[Shape],
+        bufs: &mut [Vec<f32>],
+        out: Value,
+    ) -> Result<()> {
         let isa = self.isa;
         let mut output = std::mem::take(&mut bufs[self.buffers[out.0]]);
-        let input = &bufs[self.buffers[step.input.0]];
-        let s = shapes[step.input.0];
+        let input = &bufs[self.buffers[step.inputs[0].0]];
+        let second = step.inputs.get(1).map(|r| &bufs[self.buffers[r.0]][..]);
+        let s = shapes[step.inputs[0].0];
+        let o = shapes[out.0];
+        let len = o.0 * o.1 * o.2 * o.3;
         match &step.op {
-            Op::Conv(c) => {
-                let residual = step.residual.map(|r| &bufs[self.buffers[r.0]][..]);
-                c.run(isa, input, (s.0, s.1, s.2), &mut output, residual)
-            }
-            Op::MbConv(b) => {
-                let residual = step.residual.map(|r| &bufs[self.buffers[r.0]][..]);
-                b.run(isa, input, (s.0, s.1, s.2), &mut output, residual)
-            }
+            Op::Conv(c) => c.run(isa, input, (s.0, s.1, s.2), &mut output, second),
+            Op::Depthwise(d) => d.run(isa, input, (s.0, s.1, s.2), &mut output),
+            Op::MbConv(b) => b.run(isa, input, (s.0, s.1, s.2), &mut output, second),
             Op::MaxPool2x2 => pool::max_pool_2x2(isa, input, s, &mut output),
+            Op::Pool(p, kind) => elementwise::pool(isa, input, s, p, *kind, &mut output),
             Op::GlobalAvgPool => pool::global_avg_pool(isa, input, s, &mut output),
             Op::Dense(d) => d.run(isa, input, s.0, &mut output),
+            Op::Activation(f) => elementwise::activation(isa, input, &mut output, len, *f),
+            Op::Affine { scale, shift } => {
+                elementwise::affine(isa, input, scale, shift, &mut output, len)
+            }
+            Op::Binary(op, then) => {
+                // The full-size operand first; the other is the same size or per channel.
+                let t = shapes[step.inputs[1].0];
+                let (a, b, small) = if t.1 * t.2 > s.1 * s.2 {
+                    (second.expect("two inputs"), &input[..], s)
+                } else {
+                    (&input[..], second.expect("two inputs"), t)
+                };
+                let per_channel = small.1 * small.2 != o.1 * o.2;
+                elementwise::binary(
+                    isa,
+                    a,
+                    b,
+                    (o.0, o.1 * o.2, o.3),
+                    per_channel,
+                    *op,
+                    *then,
+                    &mut output,
+                );
+            }
+            Op::Flatten => elementwise::flatten_nchw(input, s, &mut output),
+            Op::Concat => {
+                let parts: Vec<(&[f32], usize)> = step
+                    .inputs
+                    .iter()
+                    .map(|v| (&bufs[self.buffers[v.0]][..], shapes[v.0].3))
+                    .collect();
+                elementwise::concat(&parts, o.0 * o.1 * o.2, &mut output);
+            }
+            Op::Fallback { layer, flat, .. } => {
+                let inputs: Vec<(&[f32], graph::Shape)> = step
+                    .inputs
+                    .iter()
+                    .zip(flat)
+                    .map(|(v, flat)| {
+                        (
+                            &bufs[self.buffers[v.0]][..],
+                            graph_shape(shapes[v.0], *flat),
+                        )
+                    })
+                    .collect();
+                let result = graph::reference::run_nhwc(layer, &inputs, o.0, &mut output);
+                bufs[self.buffers[out.0]] = output;
+                return result;
+            }
         }
         bufs[self.buffers[out.0]] = output;
+        Ok(())
+    }
+}
+
+/// A plan shape as the graph sees it.
+fn graph_shape((_, h, w, c): Shape, flat: bool) -> graph::Shape {
+    if flat {
+        graph::Shape::Flat(h * w * c)
+    } else {
+        graph::Shape::Map { c, h, w }
     }
 }
 
@@ -281,7 +482,7 @@ impl Classifier for Plan {
             }
             for (i, step) in self.steps.iter().enumerate() {
                 let started = self.profile.then(std::time::Instant::now);
-                self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1));
+                self.run_step(step, &shapes, &mut ws.buffers, Value(i + 1))?;
                 if let Some(started) = started {
                     let s = shapes[i + 1];
                     profile += &format!(
@@ -307,6 +508,10 @@ impl Classifier for Plan {
 
     fn num_classes(&self) -> usize {
         self.classes
+    }
+
+    fn steps(&self) -> Option<Vec<StepInfo>> {
+        Some(Plan::steps(self))
     }
 }
 
@@ -390,26 +595,81 @@ fn with_values<E: candle_core::WithDType, T>(
 }
 
 /// The dense layer under `vb` (`weight` `[outputs, inputs]`, `bias` `[outputs]`, PyTorch's
-/// names), input feature `i` multiplying weight column `column(i)` (see [`Dense::new`]). When
-/// the artifact stores f16 (the `VarBuilder`'s dtype is the stored one), the layer keeps its
-/// weights in f16 ([`Dense::new_f16`]): half the memory, and half the bytes a matrix-vector
-/// product streams; otherwise in f32.
+/// names), input feature `i` multiplying weight column `column(i)` (see [`Dense::new`]).
 pub(crate) fn dense(
     isa: Isa,
     vb: &VarBuilder,
-    (outputs, inputs): (usize, usize),
+    shape: (usize, usize),
     activation: kernels::Activation,
     column: impl Fn(usize) -> usize,
 ) -> Result<Dense> {
-    let bias = load(vb, &[outputs], "bias")?;
-    let shape = [outputs, inputs];
+    dense_named(
+        isa,
+        vb,
+        ("weight", Some("bias")),
+        shape,
+        false,
+        activation,
+        column,
+    )
+}
+
+/// A dense layer of weight `names.0` and bias `names.1` (zeros when `None`), stored
+/// `[outputs, inputs]`, or `[inputs, outputs]` when `in_out` (ONNX MatMul's layout). When the
+/// artifact stores f16 (the `VarBuilder`'s dtype is the stored one), the layer keeps its
+/// weights in f16 ([`Dense::new_f16`]): half the memory, and half the bytes a matrix-vector
+/// product streams; otherwise in f32.
+pub(crate) fn dense_named(
+    isa: Isa,
+    vb: &VarBuilder,
+    (weight, bias): (&str, Option<&str>),
+    (outputs, inputs): (usize, usize),
+    in_out: bool,
+    activation: kernels::Activation,
+    column: impl Fn(usize) -> usize,
+) -> Result<Dense> {
+    let bias = match bias {
+        Some(name) => load(vb, &[outputs], name)?,
+        None => vec![0.0; outputs],
+    };
+    let shape = if in_out {
+        [inputs, outputs]
+    } else {
+        [outputs, inputs]
+    };
+    // `[inputs, outputs]` as `[outputs, inputs]`.
+    fn transposed<T: Copy>(w: &[T], (inputs, outputs): (usize, usize)) -> Vec<T> {
+        (0..outputs * inputs)
+            .map(|k| w[(k % inputs) * outputs + k / inputs])
+            .collect()
+    }
     if vb.dtype() == DType::F16 {
-        with_values(vb.get(&shape[..], "weight")?, |w: &[half::f16]| {
-            Dense::new_f16(isa, w, bias, activation, column)
+        with_values(vb.get(&shape[..], weight)?, |w: &[half::f16]| {
+            if in_out {
+                Dense::new_f16(
+                    isa,
+                    &transposed(w, (inputs, outputs)),
+                    bias,
+                    activation,
+                    column,
+                )
+            } else {
+                Dense::new_f16(isa, w, bias, activation, column)
+            }
         })
     } else {
-        with_weights(vb, &shape, "weight", |w| {
-            Dense::new(isa, w, bias, activation, column)
+        with_weights(vb, &shape, weight, |w| {
+            if in_out {
+                Dense::new(
+                    isa,
+                    &transposed(w, (inputs, outputs)),
+                    bias,
+                    activation,
+                    column,
+                )
+            } else {
+                Dense::new(isa, w, bias, activation, column)
+            }
         })
     }
 }
@@ -468,8 +728,8 @@ mod tests {
     fn buffers_are_reused_but_never_while_live() {
         let step = |input: usize, residual: Option<usize>| Step {
             op: Op::MaxPool2x2,
-            input: Value(input),
-            residual: residual.map(Value),
+            inputs: std::iter::once(input).chain(residual).map(Value).collect(),
+            nodes: Vec::new(),
         };
         // 0 -> 1 -> 2 -> 3 (+1) -> 4
         let steps = vec![

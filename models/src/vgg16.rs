@@ -298,6 +298,7 @@ pub(crate) const ARCHITECTURE: Architecture = Architecture {
     num_classes: |config| Ok(Config::parse(config)?.classes),
     build: |config, vb| Ok(Box::new(Vgg16::new(&Config::parse(config)?, vb)?)),
     plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
+    graph: None,
 };
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ impl Geometry {
         stride: usize,
         padding: Padding,
     ) -> Self {
-        let (pad_top, _, out_height) = padding.resolve(height, kernel, stride);
-        let (pad_left, _, out_width) = padding.resolve(width, kernel, stride);
+        let (pad_top, _, out_height) = padding.rows(height, kernel, stride);
+        let (pad_left, _, out_width) = padding.cols(width, kernel, stride);
         Self {
             batch,
             height,
@@ -278,7 +278,7 @@ impl Conv {
     pub(crate) fn is_pointwise(&self) -> bool {
         self.kernel == 1
             && self.stride == 1
-            && self.padding.resolve(1, 1, 1) == (0, 0, 1)
+            && self.padding.is_none_for_pointwise()
             && matches!(self.algorithm, Algorithm::Im2col(_))
     }
 

@@ -31,6 +31,7 @@ pub mod conv;
 pub mod dense;
 pub mod depthwise;
 pub mod direct;
+pub mod elementwise;
 pub mod gemm;
 mod generic;
 pub mod mbconv;

@@ -559,8 +559,8 @@ impl DepthwiseConv {
                 self.stride
             );
         }
-        let (top, _, ho) = self.padding.resolve(h, k, self.stride);
-        let (left, _, wo) = self.padding.resolve(w, k, self.stride);
+        let (top, _, ho) = self.padding.rows(h, k, self.stride);
+        let (left, _, wo) = self.padding.cols(w, k, self.stride);
         let g = DepthwiseGeometry {
             k,
             s: self.stride,
