@@ -38,6 +38,7 @@ pub mod graph;
 pub mod init;
 pub mod kernels;
 mod layers;
+pub mod onnx;
 mod plan;
 #[cfg(feature = "train")]
 pub mod train;
@@ -69,6 +70,9 @@ pub enum Error {
     },
     #[error("unknown kernels {value:?} in EDGEMM_KERNELS (known here: {known})")]
     Kernels { value: String, known: String },
+    /// An ONNX file edgemm cannot import: what and where (node, op, attribute).
+    #[error("ONNX import: {0}")]
+    Onnx(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

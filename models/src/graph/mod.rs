@@ -433,7 +433,7 @@ pub struct Resolved {
 }
 
 /// The input size validation probes a graph without a fixed one at.
-const PROBE_SIZE: (usize, usize) = (224, 224);
+pub(crate) const PROBE_SIZE: (usize, usize) = (224, 224);
 
 impl Graph {
     fn error(&self, reason: impl Into<String>) -> Error {
@@ -633,7 +633,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Shape]) -> std::result::Result<Shape, Str
             }
         }
         Op::BatchNorm(bn) => {
-            let (c, ..) = map(x)?;
+            let c = x.channels();
             if c != bn.channels {
                 return Err(format!("normalises {} channels, given {c}", bn.channels));
             }

@@ -167,6 +167,11 @@ impl Layer {
                     None => y,
                 }
             }
+            Layer::Affine { scale, shift } if x.rank() == 2 => {
+                let c = scale.elem_count();
+                x.broadcast_mul(&scale.reshape((1, c))?)?
+                    .broadcast_add(&shift.reshape((1, c))?)?
+            }
             Layer::Affine { scale, shift } => x.broadcast_mul(scale)?.broadcast_add(shift)?,
             Layer::Activation(f) => activation(x, *f)?,
             Layer::Prelu(slope) => {
