@@ -406,6 +406,13 @@ pub struct Inspection {
     pub sha256: String,
     pub manifest: Manifest,
     pub tensors: Vec<crate::weights::TensorInfo>,
+    /// For an architecture described by a graph: its nodes, shapes, parameters and FLOPs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<Vec<edgemm_models::graph::NodeSummary>>,
+    /// How the CPU runs it: the fast plan's steps (which kernel runs which nodes, and which
+    /// fall back to candle), or `None` where it runs as candle ops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Vec<edgemm_models::StepInfo>>,
 }
 
 /// Extracts `archive` into a scratch directory under `scratch`, verifies it fully (checksum,
@@ -421,6 +428,15 @@ pub fn inspect(archive: &Path, scratch: &Path, limits: ArtifactLimits) -> Result
         let extracted = extract(&label, archive, &dest, limits)?;
         let weights = extracted.weights_path();
         let tensors = crate::weights::check_file(&label, &weights, &extracted.manifest)?;
+        let manifest = &extracted.manifest;
+        let graph = edgemm_models::architecture(&manifest.architecture)
+            .ok()
+            .and_then(|arch| arch.graph(&manifest.config))
+            .transpose()
+            .and_then(|g| g.map(|g| g.summary()).transpose())
+            .map_err(|e| Error::artifact(&label, ArtifactError::from(e)))?;
+        let loaded = crate::weights::load(&label, &weights, manifest, &candle_core::Device::Cpu)?;
+        let plan = loaded.network.steps();
         Ok(Inspection {
             archive_bytes: fs::metadata(archive)
                 .map_err(|e| Error::io("reading", archive, e))?
@@ -431,6 +447,8 @@ pub fn inspect(archive: &Path, scratch: &Path, limits: ArtifactLimits) -> Result
             sha256: extracted.manifest.weights.sha256.clone(),
             manifest: extracted.manifest,
             tensors,
+            graph,
+            plan,
         })
     })();
     let _ = fs::remove_dir_all(&dest);

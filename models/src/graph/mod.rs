@@ -783,6 +783,61 @@ fn node_tensors(op: &Op) -> Vec<(String, Vec<usize>, Role)> {
     }
 }
 
+/// One node as `edgemm inspect` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeSummary {
+    pub name: String,
+    pub op: &'static str,
+    pub inputs: Vec<String>,
+    /// The output's shape, without the batch.
+    pub shape: String,
+    /// Weight values the node reads.
+    pub parameters: usize,
+    /// Floating-point operations per image (a multiply-add counts two).
+    pub flops: u64,
+}
+
+impl Graph {
+    /// Every node with its output shape, parameters and FLOPs at the graph's input size (or
+    /// 224x224 when any size works).
+    pub fn summary(&self) -> Result<Vec<NodeSummary>> {
+        let resolved = self.validate()?;
+        let shapes = self.shapes(&resolved, self.input.size.unwrap_or(PROBE_SIZE))?;
+        Ok(self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                let out = shapes[i + 1];
+                let parameters = node_tensors(&node.op)
+                    .iter()
+                    .map(|(_, shape, _)| shape.iter().product::<usize>())
+                    .sum();
+                let flops = match &node.op {
+                    Op::Conv(c) => {
+                        2 * out.numel() as u64
+                            * (c.in_channels / c.groups * c.kernel[0] * c.kernel[1]) as u64
+                    }
+                    Op::Dense(d) => 2 * (d.in_features * d.out_features) as u64,
+                    Op::MaxPool(p) | Op::AvgPool(p) => {
+                        out.numel() as u64 * (p.kernel[0] * p.kernel[1]) as u64
+                    }
+                    Op::GlobalAvgPool => shapes[resolved.inputs[i][0]].numel() as u64,
+                    _ => out.numel() as u64,
+                };
+                NodeSummary {
+                    name: node.name.clone(),
+                    op: node.op.kind(),
+                    inputs: node.inputs.clone(),
+                    shape: out.to_string(),
+                    parameters,
+                    flops,
+                }
+            })
+            .collect())
+    }
+}
+
 /// The config of the `graph` architecture: the graph itself, as `edgemm pack --onnx` writes
 /// it into the manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -47,18 +47,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Pack a manifest and a safetensors file into NAME.tar.gz (sha256 and dtype filled in)
+    /// Pack a manifest and a safetensors file, or an ONNX model, into NAME.tar.gz (sha256
+    /// and dtype filled in)
+    #[command(after_help = "Examples:\n  \
+        edgemm pack --manifest my-model.json --weights my-model.safetensors -o models/repository/my-model.tar.gz\n  \
+        edgemm pack --onnx resnet50.onnx --labels labels.txt -o models/repository/resnet50.tar.gz\n  \
+        edgemm pack --onnx model.onnx --manifest preprocessing.json -o models/repository/model.tar.gz")]
     Pack {
-        /// manifest.json (weights.sha256 may be left out; it is computed)
-        #[arg(long)]
-        manifest: PathBuf,
+        /// manifest.json (weights.sha256 may be left out; it is computed). With --onnx it
+        /// gives the labels, input spec and description; the network comes from the ONNX file
+        #[arg(long, required_unless_present = "onnx")]
+        manifest: Option<PathBuf>,
         /// model.safetensors to pack
         #[arg(
             long,
-            conflicts_with = "random_seed",
-            required_unless_present = "random_seed"
+            conflicts_with_all = ["random_seed", "onnx"],
+            required_unless_present_any = ["random_seed", "onnx"]
         )]
         weights: Option<PathBuf>,
+        /// An ONNX image classifier (opset 11+, input [N, 3, H, W]) to import: its graph goes
+        /// into the manifest, its tensors into model.safetensors
+        #[arg(long, conflicts_with = "random_seed")]
+        onnx: Option<PathBuf>,
+        /// With --onnx: a text file of class labels, one per line [default: 0, 1, 2, ...]
+        #[arg(long, requires = "onnx")]
+        labels: Option<PathBuf>,
+        /// With --onnx: the input size, HxW [default: the ONNX input's, else 224x224]
+        #[arg(long, requires = "onnx")]
+        input_size: Option<String>,
+        /// With --onnx: how images are brought to the input size
+        #[arg(long, requires = "onnx", value_parser = ["stretch", "center-crop", "letterbox"], default_value = "stretch")]
+        resize: String,
+        /// With --onnx: per-channel mean subtracted from pixels scaled to [0, 1] [default:
+        /// ImageNet's, as torchvision's models expect]
+        #[arg(long, requires = "onnx", value_delimiter = ',', num_args = 3, default_values_t = [0.485, 0.456, 0.406])]
+        mean: Vec<f32>,
+        /// With --onnx: per-channel standard deviation the pixels are divided by
+        #[arg(long, requires = "onnx", value_delimiter = ',', num_args = 3, default_values_t = [0.229, 0.224, 0.225])]
+        std: Vec<f32>,
         /// Instead of --weights, pack seeded random weights (for trying the plumbing)
         #[arg(long)]
         random_seed: Option<u64>,
@@ -212,16 +238,36 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
         Command::Pack {
             manifest,
             weights,
+            onnx,
+            labels,
+            input_size,
+            resize,
+            mean,
+            std,
             random_seed,
             output,
             dtype,
-        } => pack(
-            &manifest,
-            weights.as_deref(),
-            random_seed,
-            &output,
-            dtype.as_deref(),
-        ),
+        } => match onnx {
+            Some(onnx) => {
+                let spec = OnnxSpec {
+                    labels: labels.as_deref(),
+                    input_size: input_size.as_deref(),
+                    resize: &resize,
+                    mean: &mean,
+                    std: &std,
+                };
+                pack_onnx(&onnx, manifest.as_deref(), &spec, &output, dtype.as_deref())
+            }
+            None => pack(
+                manifest
+                    .as_deref()
+                    .expect("clap requires --manifest without --onnx"),
+                weights.as_deref(),
+                random_seed,
+                &output,
+                dtype.as_deref(),
+            ),
+        },
         Command::Inspect { artifact, json } => inspect(&artifact, settings.cache_dir, json),
         Command::Predict {
             repo,
@@ -265,6 +311,127 @@ fn run(cli: Cli) -> AnyResult<ExitCode> {
 
 fn read(path: &Path) -> AnyResult<Vec<u8>> {
     std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()).into())
+}
+
+/// The preprocessing flags of `pack --onnx`.
+struct OnnxSpec<'a> {
+    labels: Option<&'a Path>,
+    input_size: Option<&'a str>,
+    resize: &'a str,
+    mean: &'a [f32],
+    std: &'a [f32],
+}
+
+/// `pack --onnx`: the imported graph and tensors as an ordinary artifact.
+fn pack_onnx(
+    onnx: &Path,
+    base: Option<&Path>,
+    spec: &OnnxSpec,
+    output: &Path,
+    dtype: Option<&str>,
+) -> AnyResult<ExitCode> {
+    let imported =
+        edgemm_models::onnx::import_file(onnx).map_err(|e| format!("{}: {e}", onnx.display()))?;
+    let classes = imported.graph.classes()?;
+    let mut value: serde_json::Value = match base {
+        Some(path) => {
+            serde_json::from_slice(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    let object = value
+        .as_object_mut()
+        .ok_or("the manifest is not a JSON object")?;
+    let (height, width) = match spec.input_size {
+        Some(size) => {
+            let (h, w) = size
+                .split_once('x')
+                .ok_or_else(|| format!("--input-size {size:?} is not HxW"))?;
+            (h.parse::<usize>()?, w.parse::<usize>()?)
+        }
+        None => imported.graph.input.size.unwrap_or((224, 224)),
+    };
+    object.insert(
+        "format_version".into(),
+        edgemm::manifest::FORMAT_VERSION.into(),
+    );
+    object.insert(
+        "architecture".into(),
+        edgemm_models::graph::GRAPH_ARCHITECTURE.into(),
+    );
+    object.insert(
+        "config".into(),
+        serde_json::to_value(edgemm_models::graph::GraphConfig {
+            graph: imported.graph.clone(),
+        })?,
+    );
+    if base.is_none() || spec.labels.is_some() {
+        let labels: Vec<String> = match spec.labels {
+            Some(path) => String::from_utf8(read(path)?)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+            None => (0..classes).map(|i| i.to_string()).collect(),
+        };
+        object.insert("labels".into(), labels.into());
+    }
+    if base.is_none() {
+        object.insert(
+            "input".into(),
+            serde_json::json!({
+                "height": height, "width": width, "channels": 3, "layout": "NCHW",
+                "resize": spec.resize, "scale": 1.0 / 255.0,
+                "mean": spec.mean, "std": spec.std, "tensor_values": "normalized",
+            }),
+        );
+        object.insert(
+            "description".into(),
+            format!(
+                "imported from {} ({}, opset {})",
+                onnx.file_name().unwrap_or_default().to_string_lossy(),
+                imported.producer,
+                imported.opset
+            )
+            .into(),
+        );
+    }
+    object.entry("output").or_insert_with(|| {
+        if imported.ends_in_softmax {
+            "probabilities"
+        } else {
+            "logits"
+        }
+        .into()
+    });
+    object.insert("weights".into(), serde_json::json!({ "dtype": "f32" }));
+    let tensors = imported
+        .tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            let t = candle_core::Tensor::from_slice(
+                values,
+                shape.as_slice(),
+                &candle_core::Device::Cpu,
+            )?;
+            Ok((name.clone(), t))
+        })
+        .collect::<candle_core::Result<HashMap<_, _>>>()?;
+    let weights = ScratchFile::new(output, "onnx.safetensors");
+    candle_core::safetensors::save(&tensors, &weights.0)?;
+    let manifest = ScratchFile::new(output, "onnx.manifest.json");
+    std::fs::write(&manifest.0, serde_json::to_vec(&value)?)?;
+    out!(
+        "imported {}: {} nodes, {} tensors, {} classes, input {}x{}",
+        onnx.display(),
+        imported.graph.nodes.len(),
+        imported.tensors.len(),
+        classes,
+        height,
+        width
+    );
+    pack(&manifest.0, Some(&weights.0), None, output, dtype)
 }
 
 fn pack(
@@ -394,7 +561,10 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
         info.archive_bytes
     );
     out!("format        {}", m.format_version);
-    out!("architecture  {} {}", m.architecture, m.config);
+    match &info.graph {
+        Some(nodes) => out!("architecture  {} ({} nodes)", m.architecture, nodes.len()),
+        None => out!("architecture  {} {}", m.architecture, m.config),
+    }
     out!(
         "labels        {} ({} ...)",
         m.labels.len(),
@@ -444,6 +614,54 @@ fn inspect(path: &Path, cache_dir: Option<PathBuf>, as_json: bool) -> AnyResult<
             t.dtype,
             t.shape,
             t.bytes
+        );
+    }
+    if let Some(nodes) = &info.graph {
+        let flops: u64 = nodes.iter().map(|n| n.flops).sum();
+        out!(
+            "graph         {} nodes, {:.3} GFLOP per image at {}x{}",
+            nodes.len(),
+            flops as f64 / 1e9,
+            m.input.height,
+            m.input.width
+        );
+        // Which step (and so which path) computes each node.
+        let steps = info.plan.as_deref().unwrap_or_default();
+        let step_of = |name: &str| steps.iter().position(|s| s.nodes.iter().any(|n| n == name));
+        out!(
+            "  {:<32} {:<18} {:<12} {:>10} {:>9}  step",
+            "node",
+            "op",
+            "shape",
+            "parameters",
+            "MFLOP"
+        );
+        for n in nodes {
+            let step = match step_of(&n.name) {
+                Some(i) => format!("{i:>3} {} ({})", steps[i].kernel, steps[i].path),
+                None if steps.is_empty() => "candle ops".to_string(),
+                None => "-".to_string(),
+            };
+            out!(
+                "  {:<32} {:<18} {:<12} {:>10} {:>9.2}  {step}",
+                n.name,
+                n.op,
+                n.shape,
+                n.parameters,
+                n.flops as f64 / 1e6
+            );
+        }
+    }
+    if let Some(steps) = &info.plan {
+        let count = |path: &str| steps.iter().filter(|s| s.path == path).count();
+        let bytes: usize = steps.iter().map(|s| s.bytes).sum();
+        out!(
+            "plan          {} steps on the CPU kernels: {} fused, {} plain, {} candle fallback; {} B of packed weights",
+            steps.len(),
+            count("fused kernel"),
+            count("kernel"),
+            count("candle fallback"),
+            bytes
         );
     }
     Ok(ExitCode::SUCCESS)
