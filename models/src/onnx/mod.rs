@@ -983,6 +983,14 @@ impl<'a> Importer<'a> {
         let op = node.op_type.as_str();
         let a = self.get(input_name(node, 0)?)?.clone();
         let b = self.get(input_name(node, 1)?)?.clone();
+        if let (Val::Computed(x, _), Val::Computed(y, _), "Mul") = (&a, &b, op) {
+            for (value, gate) in [(x, y), (y, x)] {
+                if self.fuse_hard_swish(value, gate) {
+                    let v = self.get(gate)?.clone();
+                    return self.alias(node, v);
+                }
+            }
+        }
         match (a, b) {
             (Val::Computed(x, _), Val::Computed(y, _)) => match op {
                 "Add" => self.push(node, Op::Add, vec![x, y]),
@@ -997,6 +1005,28 @@ impl<'a> Importer<'a> {
                 "arithmetic on two constants (fold constants before exporting, e.g. onnx-simplifier)",
             )),
         }
+    }
+
+    /// Whether `gate` is `HardSigmoid(x)` with hard-swish's constants, read by one node only:
+    /// then `x * gate` is hard-swish, which PyTorch exports so below opset 14. The gate's node
+    /// becomes a hard-swish (one pass over the map instead of two) when this returns true.
+    fn fuse_hard_swish(&mut self, x: &str, gate: &str) -> bool {
+        let Some(&i) = self.node_index.get(gate) else {
+            return false;
+        };
+        let is_gate = match self.nodes[i].op {
+            Op::Activation {
+                function: Activation::HardSigmoid { alpha, beta },
+            } => (alpha - 1.0 / 6.0).abs() < 1e-6 && beta == 0.5,
+            _ => false,
+        };
+        if !is_gate || self.nodes[i].inputs != [x] || self.readers.get(gate).copied() != Some(1) {
+            return false;
+        }
+        self.nodes[i].op = Op::Activation {
+            function: Activation::HardSwish,
+        };
+        true
     }
 
     /// `x op c` (or `c op x` when `reversed`) for a constant scalar or per-channel `c`.
