@@ -71,7 +71,7 @@ fn options() -> Options {
         top: 15,
         profile_child: false,
     };
-    let mut value = |flag: &str, args: &mut dyn Iterator<Item = String>| {
+    let value = |flag: &str, args: &mut dyn Iterator<Item = String>| {
         args.next()
             .unwrap_or_else(|| panic!("{flag} needs a value"))
     };

@@ -667,9 +667,7 @@ pub(crate) fn infer(op: &Op, inputs: &[Shape]) -> std::result::Result<Shape, Str
         }
         Op::Add | Op::Mul => {
             let (a, b) = (inputs[0], inputs[1]);
-            if a == b {
-                a
-            } else if a.channels() == b.channels() && b.is_per_channel() {
+            if a == b || (a.channels() == b.channels() && b.is_per_channel()) {
                 a
             } else if a.channels() == b.channels() && a.is_per_channel() {
                 b

@@ -179,14 +179,13 @@ pub enum PoolKind {
 multiversion! {
     fn pool_pixel(
         input: &[f32],
-        w: usize,
-        c: usize,
-        rows: std::ops::Range<usize>,
-        cols: std::ops::Range<usize>,
+        dims: (usize, usize),
+        window: (std::ops::Range<usize>, std::ops::Range<usize>),
         kind: PoolKind,
         divisor: f32,
         out: &mut [f32],
     ) {
+        let ((w, c), (rows, cols)) = (dims, window);
         match kind {
             PoolKind::Max => out.fill(f32::NEG_INFINITY),
             PoolKind::Average => out.fill(0.0),
@@ -246,7 +245,15 @@ pub fn pool(
                     } else {
                         (rows.len() * cols.len()) as f32
                     };
-                    pool_pixel(isa, image_in, w, c, rows.clone(), cols, kind, divisor, px);
+                    pool_pixel(
+                        isa,
+                        image_in,
+                        (w, c),
+                        (rows.clone(), cols),
+                        kind,
+                        divisor,
+                        px,
+                    );
                 }
             }
         },

@@ -196,7 +196,7 @@ fn tensor_values(t: &TensorProto) -> Result<Constant> {
     } else {
         raw.len() / width
     };
-    if stored != numel || (!raw.is_empty() && raw.len() % width != 0) {
+    if stored != numel || (!raw.is_empty() && !raw.len().is_multiple_of(width)) {
         return Err(error(format!(
             "tensor {name:?} has dims {dims:?} ({numel} values) but holds {stored}"
         )));
@@ -519,18 +519,10 @@ impl<'a> Importer<'a> {
                 node.domain
             )));
         }
-        if node.output.len() > 1
-            && node.output[1..]
-                .iter()
-                .any(|o| !o.is_empty() && self.readers.contains_key(o))
-        {
-            if node.op_type != "Dropout"
-                || node.output[1..]
-                    .iter()
-                    .any(|o| self.readers.get(o).is_some_and(|&n| n > 0))
-            {
-                return Err(error("only the first output of a node may be used"));
-            }
+        // A second output (MaxPool's indices, Dropout's mask) must go unread.
+        let read = |o: &String| !o.is_empty() && self.readers.get(o).is_some_and(|&n| n > 0);
+        if node.output.iter().skip(1).any(read) {
+            return Err(error("only the first output of a node may be used"));
         }
         let attrs = Attributes::new(node)?;
         match node.op_type.as_str() {
