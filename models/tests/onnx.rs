@@ -58,9 +58,14 @@ fn weights(imported: &onnx::Imported) -> HashMap<String, Tensor> {
 }
 
 fn check(model: &str) {
-    let imported = onnx::import_file(&dir().join(format!("{model}.onnx"))).unwrap();
+    check_in(&dir(), model)
+}
+
+/// [`check`] for `model.onnx` and `model.expected.json` in `files`.
+fn check_in(files: &Path, model: &str) {
+    let imported = onnx::import_file(&files.join(format!("{model}.onnx"))).unwrap();
     let expected: Expected = serde_json::from_slice(
-        &std::fs::read(dir().join(format!("{model}.expected.json"))).unwrap(),
+        &std::fs::read(files.join(format!("{model}.expected.json"))).unwrap(),
     )
     .unwrap();
     let x = batch(&expected);
@@ -131,6 +136,22 @@ fn resnet_bottleneck_matches_onnx_runtime() {
 #[test]
 fn resnet_basic_matches_onnx_runtime() {
     check("resnet_basic_tiny_c10");
+}
+
+/// The pretrained EfficientNet-Lite0 as ONNX (TF-SAME padding written out as asymmetric pads,
+/// ReLU6 as Clip), built from `../shared/data` by `models/reference/onnx/efficientnet_lite0.py`
+/// with onnx's own graph builder (CI does, into `target/onnx-models`; `$EDGEMM_ONNX_MODELS`
+/// points elsewhere).
+#[test]
+fn efficientnet_lite0_matches_onnx_runtime() {
+    let files = std::env::var_os("EDGEMM_ONNX_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnx-models"));
+    if !files.join("efficientnet_lite0.onnx").exists() {
+        println!("skipped: {} has no efficientnet_lite0.onnx (models/reference/onnx/efficientnet_lite0.py makes it)", files.display());
+        return;
+    }
+    check_in(&files, "efficientnet_lite0");
 }
 
 /// The importer reads hostile bytes as an error, never a panic: every truncation length on a

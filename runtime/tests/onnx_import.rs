@@ -121,3 +121,87 @@ fn an_unsupported_onnx_file_is_a_clear_cli_error() {
     assert!(err.contains("bad.onnx: ONNX import:"), "{err}");
     assert!(!dir.path().join("bad.tar.gz").exists());
 }
+
+/// The EfficientNet-Lite0 ONNX file `models/reference/onnx/efficientnet_lite0.py` builds from
+/// the pretrained weights in `../shared/data` (CI builds it; `$EDGEMM_ONNX_MODELS` or
+/// `target/onnx-models` holds it), if it is there.
+fn lite0_onnx() -> Option<PathBuf> {
+    let dir = std::env::var_os("EDGEMM_ONNX_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnx-models"));
+    let path = dir.join("efficientnet_lite0.onnx");
+    path.exists().then_some(path)
+}
+
+/// Acceptance 2 of issue #20: the pretrained EfficientNet-Lite0, imported from ONNX with the
+/// shipped manifest's preprocessing, answers the five reference photos as the shipped
+/// artifact does: the same top-5 labels, probabilities within 1e-4.
+#[test]
+fn pretrained_efficientnet_lite0_from_onnx_answers_as_the_shipped_artifact() {
+    let Some(onnx) = lite0_onnx() else {
+        println!(
+            "skipped: target/onnx-models/efficientnet_lite0.onnx not found (make it with \
+             models/reference/onnx/efficientnet_lite0.py, as .ci/run does)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::copy(
+        common::shipped_repository().join("efficientnet-lite0.tar.gz"),
+        repo.join("efficientnet-lite0.tar.gz"),
+    )
+    .unwrap();
+    let base =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/manifests/efficientnet-lite0.json");
+    let out = common::cli()
+        .args(["pack", "--onnx"])
+        .arg(&onnx)
+        .arg("--manifest")
+        .arg(&base)
+        .arg("-o")
+        .arg(repo.join("lite0-onnx.tar.gz"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut options = RuntimeOptions::new(&repo);
+    options.cache_dir = dir.path().join("cache");
+    options.top_k = 5;
+    let runtime = Runtime::new(options).unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/samples/imagenet");
+    for photo in [
+        "bird.png",
+        "cat.png",
+        "dragonfly.png",
+        "grace_hopper.png",
+        "hot_dog.jpg",
+    ] {
+        let bytes = std::fs::read(samples.join(photo)).unwrap();
+        let shipped = runtime
+            .invoke("efficientnet-lite0.tar.gz", Input::Image(&bytes))
+            .unwrap();
+        let imported = runtime
+            .invoke("lite0-onnx.tar.gz", Input::Image(&bytes))
+            .unwrap();
+        let (a, b) = (&shipped.predictions[0], &imported.predictions[0]);
+        let labels =
+            |p: &edgemm::Prediction| p.top_k.iter().map(|s| s.label.clone()).collect::<Vec<_>>();
+        assert_eq!(labels(a), labels(b), "{photo}");
+        let err = a
+            .probabilities
+            .iter()
+            .zip(&b.probabilities)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "{photo}: {} {:.3}, max |p - p_shipped| {err:.1e}",
+            b.top_k[0].label, b.top_k[0].probability
+        );
+        assert!(err <= 1e-4, "{photo}: {err:e}");
+    }
+}
