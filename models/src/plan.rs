@@ -7,6 +7,7 @@
 //! its add. For small networks this removes what dominated candle's eager path: one tensor
 //! allocation and one op dispatch per layer.
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Storage, Tensor};
@@ -638,38 +639,21 @@ pub(crate) fn dense_named(
         [outputs, inputs]
     };
     // `[inputs, outputs]` as `[outputs, inputs]`.
-    fn transposed<T: Copy>(w: &[T], (inputs, outputs): (usize, usize)) -> Vec<T> {
-        (0..outputs * inputs)
-            .map(|k| w[(k % inputs) * outputs + k / inputs])
-            .collect()
+    fn out_in<T: Copy>(w: &[T], in_out: bool, (inputs, outputs): (usize, usize)) -> Cow<'_, [T]> {
+        if !in_out {
+            return Cow::Borrowed(w);
+        }
+        let t = (0..outputs * inputs).map(|k| w[(k % inputs) * outputs + k / inputs]);
+        Cow::Owned(t.collect())
     }
+    let dims = (inputs, outputs);
     if vb.dtype() == DType::F16 {
         with_values(vb.get(&shape[..], weight)?, |w: &[half::f16]| {
-            if in_out {
-                Dense::new_f16(
-                    isa,
-                    &transposed(w, (inputs, outputs)),
-                    bias,
-                    activation,
-                    column,
-                )
-            } else {
-                Dense::new_f16(isa, w, bias, activation, column)
-            }
+            Dense::new_f16(isa, &out_in(w, in_out, dims), bias, activation, column)
         })
     } else {
         with_weights(vb, &shape, weight, |w| {
-            if in_out {
-                Dense::new(
-                    isa,
-                    &transposed(w, (inputs, outputs)),
-                    bias,
-                    activation,
-                    column,
-                )
-            } else {
-                Dense::new(isa, w, bias, activation, column)
-            }
+            Dense::new(isa, &out_in(w, in_out, dims), bias, activation, column)
         })
     }
 }

@@ -270,28 +270,23 @@ fn lower_node(
             let ch = chain(g, i, true);
             let (weight, bias) = w.conv(c, batch_norm_of(g, ch.batch_norm).as_ref())?;
             let shape = (c.in_channels, c.out_channels, c.kernel[0]);
-            let conv = match (g.graph.input.size, in_shape) {
-                // A fixed input size: the kernels may choose by the map's side.
-                (Some(_), Shape::Map { h, w, .. }) if h == w => Conv::for_map(
-                    isa,
-                    &weight,
-                    bias,
-                    shape,
-                    c.stride[0],
-                    c.pads.padding(),
-                    ch.activation,
-                    h,
-                ),
-                _ => Conv::new(
-                    isa,
-                    &weight,
-                    bias,
-                    shape,
-                    c.stride[0],
-                    c.pads.padding(),
-                    ch.activation,
-                ),
+            // With a fixed input size the kernels may choose by the map's side (no side: the
+            // choice for any size).
+            let side = match (g.graph.input.size, in_shape) {
+                (Some(_), Shape::Map { h, w, .. }) if h == w => h,
+                _ => usize::MAX,
             };
+            let padding = c.pads.padding();
+            let conv = Conv::for_map(
+                isa,
+                &weight,
+                bias,
+                shape,
+                c.stride[0],
+                padding,
+                ch.activation,
+                side,
+            );
             let mut nodes = ch.nodes;
             let mut inputs = vec![x];
             if let Some((add, residual)) = residual_after(g, values, *nodes.last().unwrap()) {
