@@ -14,7 +14,8 @@ in odd rounds, ORT first in even ones, so that a slow spell of a shared machine 
 both alike. Each median and fastest tenth (10th percentile) is over all rounds' runs; the
 spread of the per-round ratios is printed too. Every run's time goes to --out (JSON lines).
 Before timing it waits while a rustc runs (a build on the same cores makes the numbers
-meaningless; --no-wait to skip) and prints the load average before and after.
+meaningless; --no-wait to skip), and it says whether one started while it was timing
+(pgrep every second) and what the load average was before and after.
 
 Run from the repository root, with the venv of requirements.txt (numpy, onnxruntime):
 
@@ -35,9 +36,9 @@ import collections
 import glob
 import json
 import os
-import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -66,6 +67,29 @@ def wait_for_builds():
                   flush=True)
             announced = True
         time.sleep(10)
+
+
+class BuildWatch:
+    """Samples `pgrep -f rustc` every second on a thread: a build that starts while timing
+    (it takes both cores) is reported with the results."""
+
+    def __init__(self):
+        self.samples = self.busy = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.samples += 1
+            if subprocess.run(["pgrep", "-f", "rustc"], capture_output=True).returncode == 0:
+                self.busy += 1
+
+    def report(self):
+        if self.busy:
+            return (f"WARNING: a rustc ran during {self.busy} of {self.samples} one-second samples "
+                    f"of the timing: the numbers are not clean")
+        return f"no rustc ran during the timing ({self.samples} one-second samples)"
 
 
 def build_bench():
@@ -163,6 +187,7 @@ def main():
     if not args.no_wait:
         wait_for_builds()
     load_before = os.getloadavg()[0]
+    watch = BuildWatch()
     times = collections.defaultdict(list)   # (runtime, model, batch) -> all runs' times
     rounds = collections.defaultdict(list)  # (runtime, model, batch) -> per-round medians
     isa = None
@@ -216,13 +241,14 @@ def main():
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in table:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-    print(f"(every run: {args.out})")
+    print(f"(every run: {args.out}); {watch.report()}", flush=True)
 
     if args.steps:
         for m in models:
             print(flush=True)
             subprocess.run([exe, m, "--batches", "1", "--runs", str(args.runs1), "--warmup-ms",
                             str(args.warmup_ms), "--steps"], env=env, check=True)
+        print(f"\nsteps: {watch.report()}")
     return 0
 
 
