@@ -67,7 +67,7 @@ fn run() {
         };
         let epilogue = Epilogue {
             bias: Some(&bias),
-            activation: Activation::Relu6,
+            fused: Activation::Relu6.into(),
             residual: None,
         };
         let mut times: Vec<f64> = (0..50)

@@ -65,7 +65,16 @@ pub(crate) enum Op {
 impl Op {
     fn name(&self) -> String {
         match self {
-            Op::Conv(c) => format!("conv{}x{}s{}", c.kernel, c.kernel, c.stride),
+            Op::Conv(c) if c.fused.is_empty() => {
+                format!("conv{}x{}s{}", c.kernel, c.kernel, c.stride)
+            }
+            Op::Conv(c) => format!(
+                "conv{}x{}s{}+{}",
+                c.kernel,
+                c.kernel,
+                c.stride,
+                c.fused.describe()
+            ),
             Op::Depthwise(d) => format!("dw{}x{}s{}", d.kernel, d.kernel, d.stride),
             Op::MbConv(_) => "mbconv".into(),
             Op::MaxPool2x2 => "maxpool".into(),

@@ -6,8 +6,8 @@
 //! - an inverted-residual block (1x1 expand + batch norm + ReLU6, depthwise + batch norm +
 //!   ReLU6, 1x1 project + batch norm, and the residual add when it reads the block's input;
 //!   or the same without the expansion) becomes one fused [`MbConv`] step;
-//! - a dense convolution with its batch norm, a ReLU or ReLU6, and a residual add becomes one
-//!   [`Conv`] step, whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM)
+//! - a dense convolution with its batch norm, a ReLU, ReLU6 or hard-swish, a residual add
+//!   and the add's activation becomes one [`Conv`] step (its fused epilogue, in that order), whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM)
 //!   the kernels choose from the layer's shape and, for a fixed input size, its map's side;
 //! - a depthwise convolution with its batch norm and ReLU/ReLU6 becomes a [`Depthwise`] step;
 //! - a dense layer with its ReLU/ReLU6 a [`Dense`] step; pools, activations, batch norm on its
@@ -70,6 +70,7 @@ fn epilogue(f: Activation) -> Option<kernels::Activation> {
         Activation::Clip { min, max } if min == 0.0 && max == 6.0 => {
             Some(kernels::Activation::Relu6)
         }
+        Activation::HardSwish => Some(kernels::Activation::HardSwish),
         _ => None,
     }
 }
@@ -276,23 +277,28 @@ fn lower_node(
                 (Some(_), Shape::Map { h, w, .. }) if h == w => h,
                 _ => usize::MAX,
             };
-            let padding = c.pads.padding();
-            let conv = Conv::for_map(
-                isa,
-                &weight,
-                bias,
-                shape,
-                c.stride[0],
-                padding,
-                ch.activation,
-                side,
-            );
+            // The epilogue: the activation, then a residual add, then the add's activation
+            // (ResNet's `relu(bn(conv(x)) + shortcut)`).
+            let mut fused = kernels::Fused::from(ch.activation);
             let mut nodes = ch.nodes;
             let mut inputs = vec![x];
             if let Some((add, residual)) = residual_after(g, values, *nodes.last().unwrap()) {
+                fused = fused.with_residual();
                 nodes.push(add);
                 inputs.push(residual);
+                let after = g.sole_reader(add).and_then(|j| match g.op(j) {
+                    Op::Activation { function } => Some((j, epilogue(*function)?)),
+                    _ => None,
+                });
+                if let Some((j, a)) = after {
+                    if let Some(more) = fused.then(kernels::PostOp::Activation(a)) {
+                        fused = more;
+                        nodes.push(j);
+                    }
+                }
             }
+            let padding = c.pads.padding();
+            let conv = Conv::for_map(isa, &weight, bias, shape, c.stride[0], padding, fused, side);
             (Step::Conv(conv), inputs, nodes)
         }
         Op::Conv(c) if fast_conv(c) => {

@@ -10,7 +10,7 @@
 use super::direct::DirectWeights;
 use super::gemm::{self, Epilogue, PackA, PackedB};
 use super::winograd::{Tile, Winograd};
-use super::{Activation, Isa};
+use super::{Fused, Isa};
 use crate::layers::Padding;
 
 /// Geometry of a convolution, resolved for one input size.
@@ -187,7 +187,8 @@ pub struct Conv {
     pub padding: Padding,
     algorithm: Algorithm,
     bias: Vec<f32>,
-    pub activation: Activation,
+    /// What follows the bias: the activation, and where it falls, the residual.
+    pub fused: Fused,
 }
 
 impl Conv {
@@ -202,8 +203,9 @@ impl Conv {
         (c_in, c_out, kernel): (usize, usize, usize),
         stride: usize,
         padding: Padding,
-        activation: Activation,
+        fused: impl Into<Fused>,
     ) -> Self {
+        let fused = fused.into();
         let algorithm = if kernel == 3 && stride == 1 && c_in >= WINOGRAD_MIN_CHANNELS {
             Algorithm::Winograd(Winograd::new(isa, WINOGRAD_TILE, weight, c_in, c_out))
         } else if kernel > 1 && c_in <= DIRECT_MAX_CHANNELS.0 && c_out <= DIRECT_MAX_CHANNELS.1 {
@@ -220,7 +222,7 @@ impl Conv {
             padding,
             algorithm,
             bias,
-            activation,
+            fused,
         }
     }
 
@@ -237,7 +239,7 @@ impl Conv {
         (c_in, c_out, kernel): (usize, usize, usize),
         stride: usize,
         padding: Padding,
-        activation: Activation,
+        fused: impl Into<Fused>,
         side: usize,
     ) -> Self {
         let conv = Self::new(
@@ -247,7 +249,7 @@ impl Conv {
             (c_in, c_out, kernel),
             stride,
             padding,
-            activation,
+            fused,
         );
         match conv.algorithm {
             Algorithm::Winograd(_) if side <= WINOGRAD_F2_MAX_SIDE => Self {
@@ -282,7 +284,7 @@ impl Conv {
             && matches!(self.algorithm, Algorithm::Im2col(_))
     }
 
-    /// `output = activation(input · weights + bias) + residual` for a pointwise convolution
+    /// `output = fused(input · weights + bias)` for a pointwise convolution
     /// ([`Conv::is_pointwise`]) of `pixels` NHWC pixels, on the calling thread alone: for a
     /// kernel that shares out work of its own (a fused block's bands).
     pub(crate) fn pointwise_serial(
@@ -309,7 +311,7 @@ impl Conv {
         };
         let epilogue = Epilogue {
             bias: Some(&self.bias),
-            activation: self.activation,
+            fused: self.fused,
             residual,
         };
         let strips = self.c_out.div_ceil(weights.nr());
@@ -326,7 +328,8 @@ impl Conv {
         weights + 4 * self.bias.len()
     }
 
-    /// `output = activation(conv(input) + bias) + residual`; `input` is NHWC `(n, h, w)` with
+    /// `output = fused(conv(input) + bias)`, `fused` reading `residual` where it adds it;
+    /// `input` is NHWC `(n, h, w)` with
     /// `c_in` channels, `output` (and `residual`) NHWC with `c_out` channels.
     pub fn run(
         &self,
@@ -342,28 +345,16 @@ impl Conv {
                 let a = Im2col { input, geometry };
                 let epilogue = Epilogue {
                     bias: Some(&self.bias),
-                    activation: self.activation,
+                    fused: self.fused,
                     residual,
                 };
                 gemm::gemm(isa, &a, weights, output, &epilogue);
             }
             Algorithm::Winograd(w) => w.run(
-                isa,
-                input,
-                &geometry,
-                &self.bias,
-                self.activation,
-                residual,
-                output,
+                isa, input, &geometry, &self.bias, self.fused, residual, output,
             ),
             Algorithm::Direct(w) => w.run(
-                isa,
-                &geometry,
-                input,
-                &self.bias,
-                self.activation,
-                output,
-                residual,
+                isa, &geometry, input, &self.bias, self.fused, output, residual,
             ),
         }
     }
@@ -375,6 +366,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::kernels::testing::{max_relative_error, Rng};
+    use crate::kernels::Activation;
 
     /// NCHW data to NHWC.
     pub fn to_nhwc(x: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
@@ -453,7 +445,7 @@ pub(crate) mod tests {
                     (c, c_out, kernel),
                     stride,
                     padding,
-                    Activation::None,
+                    Fused::NONE,
                 );
                 let mut out = vec![f32::NAN; expected.len()];
                 assert_eq!(conv.geometry((n, h, w)).out_pixels() * c_out, out.len());
@@ -499,7 +491,7 @@ pub(crate) mod tests {
                     (c_in, c_out, 1),
                     1,
                     Padding::TfSame,
-                    Activation::Relu6,
+                    Fused::from(Activation::Relu6).with_residual(),
                 );
                 let mut out = vec![f32::NAN; expected.len()];
                 conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));

@@ -121,7 +121,7 @@ impl Dense {
         };
         let epilogue = Epilogue {
             bias: Some(&self.bias),
-            activation: self.activation,
+            fused: self.activation.into(),
             residual: None,
         };
         gemm::gemm(isa, &a, weights, output, &epilogue);
@@ -162,7 +162,7 @@ impl Dense {
                     };
                     dst.copy_from_slice(&acc[r * nr..r * nr + cols]);
                     let bias = &self.bias[col0..col0 + cols];
-                    gemm::finish(isa, dst, Some(bias), self.activation, None);
+                    gemm::finish(isa, dst, Some(bias), &self.activation.into(), None);
                 }
                 r0 += rows;
             }

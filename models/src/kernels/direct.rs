@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::conv::Geometry;
 use super::depthwise::tap_range;
-use super::{parallel, Activation, Isa};
+use super::{parallel, Fused, Isa};
 
 /// Output channels are padded to a multiple of this, the widest register block.
 const PAD: usize = 32;
@@ -51,7 +51,8 @@ impl DirectWeights {
         4 * self.weights.len()
     }
 
-    /// `output = activation(conv(input) + bias) + residual`, NHWC in and out.
+    /// `output = fused(conv(input) + bias)`, `fused` reading `residual` where it adds it;
+    /// NHWC in and out.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -59,10 +60,11 @@ impl DirectWeights {
         g: &Geometry,
         input: &[f32],
         bias: &[f32],
-        activation: Activation,
+        fused: Fused,
         output: &mut [f32],
         residual: Option<&[f32]>,
     ) {
+        fused.check_residual(residual.is_some());
         assert_eq!(bias.len(), self.c_out);
         assert!(
             input.len() >= g.batch * g.height * g.width * g.c_in,
@@ -79,12 +81,7 @@ impl DirectWeights {
         let run = |(r, out): (usize, &mut [f32])| {
             let (image, oy) = (r / g.out_height, r % g.out_height);
             direct_row(isa, self, g, input, &padded_bias, (image, oy), out);
-            activation.apply(out);
-            if let Some(res) = residual {
-                out.iter_mut()
-                    .zip(&res[r * row..(r + 1) * row])
-                    .for_each(|(o, v)| *o += *v);
-            }
+            fused.apply(out, residual.map(|res| &res[r * row..(r + 1) * row]));
         };
         let work = output.len() * g.kernel * g.kernel * g.c_in;
         if parallel(work) {
@@ -234,7 +231,7 @@ fn load<const L: usize>(v: &[f32], at: usize) -> [f32; L] {
 mod tests {
     use super::*;
     use crate::kernels::conv::Conv;
-    use crate::kernels::testing::{max_relative_error, Rng};
+    use crate::kernels::testing::{fused_case, max_relative_error, Rng};
     use crate::layers::Padding;
 
     /// Against the im2col GEMM (which the conv tests check against candle): every instruction
@@ -266,20 +263,16 @@ mod tests {
                 let out_len = geometry.out_pixels() * c_out;
                 let residual = rng.vec(out_len);
                 let shape = (c_in, c_out, kernel);
-                let conv = Conv::new(
-                    isa,
-                    &weight,
-                    bias,
-                    shape,
-                    stride,
-                    padding,
-                    Activation::Relu6,
-                );
+                // Every epilogue of the GEMM's tests in turn (which check it against its
+                // definition), the residual where it adds one.
+                let fused = fused_case(case);
+                let residual = fused.has_residual().then_some(&residual[..]);
+                let conv = Conv::new(isa, &weight, bias, shape, stride, padding, fused);
                 let mut out = vec![f32::NAN; out_len + 5];
-                conv.run(isa, &x, (n, h, w), &mut out, Some(&residual));
+                conv.run(isa, &x, (n, h, w), &mut out, residual);
                 let reference = conv.into_im2col(isa, &weight);
                 let mut expected = vec![0f32; out_len];
-                reference.run(isa, &x, (n, h, w), &mut expected, Some(&residual));
+                reference.run(isa, &x, (n, h, w), &mut expected, residual);
                 assert!(
                     out[out_len..].iter().all(|v| v.is_nan()),
                     "wrote past the output"

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{multiversion, parallel, Activation, Arch, Isa, SyncPtr};
+use super::{multiversion, parallel, Arch, Fused, Isa, SyncPtr};
 
 /// Depth of one packed block: a `KC x NR` strip of `B` stays in L1 while the panels of `A`
 /// stream past it.
@@ -87,8 +87,9 @@ pub(crate) struct Store {
     pub accumulate: bool,
     /// `cols` values added to the tile's columns, or null.
     pub bias: *const f32,
-    pub activation: Activation,
-    /// The residual's tile, added after the activation: row `i` at `residual + i * ldr`,
+    /// What follows the bias, in order.
+    pub fused: Fused,
+    /// The residual's tile, for `fused`'s [`super::PostOp::Residual`]: row `i` at `residual + i * ldr`,
     /// `cols` values each; or null.
     pub residual: *const f32,
     pub ldr: usize,
@@ -108,7 +109,7 @@ impl Store {
             cols,
             accumulate,
             bias: std::ptr::null(),
-            activation: Activation::None,
+            fused: Fused::NONE,
             residual: std::ptr::null(),
             ldr: 0,
             next_b: std::ptr::null(),
@@ -117,7 +118,7 @@ impl Store {
     }
 
     pub(crate) fn has_epilogue(&self) -> bool {
-        !self.bias.is_null() || self.activation != Activation::None || !self.residual.is_null()
+        !self.bias.is_null() || !self.fused.is_empty()
     }
 }
 
@@ -151,11 +152,11 @@ pub(crate) unsafe fn store_tile(tile: &[f32], nr: usize, c: *mut f32, ldc: usize
                 // SAFETY: j < cols bias values (the contract).
                 v += unsafe { *store.bias.add(j) };
             }
-            v = store.activation.apply_one(v);
-            if !store.residual.is_null() {
-                // SAFETY: row i of the residual's tile, j < cols (the contract).
-                v += unsafe { *store.residual.add(i * store.ldr + j) };
-            }
+            // SAFETY: row i of the residual's tile, j < cols (the contract), read only for a
+            // list that adds a residual, which then is not null.
+            v = store
+                .fused
+                .apply_one(v, || unsafe { *store.residual.add(i * store.ldr + j) });
             *d = v;
         }
     }
@@ -313,20 +314,20 @@ impl PackA for RowMajor<'_> {
 }
 
 /// What the last store of an output tile does to `C = A·B`:
-/// `C = activation(C + bias[col]) + residual[row, col]`.
+/// `C = fused(C + bias[col])`, `fused` reading `residual[row, col]` where it adds the residual.
 #[derive(Clone, Copy)]
 pub struct Epilogue<'a> {
     /// One value per column.
     pub bias: Option<&'a [f32]>,
-    pub activation: Activation,
-    /// An `M x N` row-major matrix added after the activation (a residual connection).
+    pub fused: Fused,
+    /// An `M x N` row-major matrix, for `fused`'s residual (a skip connection).
     pub residual: Option<&'a [f32]>,
 }
 
 impl Epilogue<'_> {
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
-        activation: Activation::None,
+        fused: Fused::NONE,
         residual: None,
     };
 }
@@ -352,6 +353,7 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
         epilogue.residual.is_none_or(|r| r.len() >= m * n),
         "residual too small"
     );
+    epilogue.fused.check_residual(epilogue.residual.is_some());
     if m == 0 || n == 0 {
         return;
     }
@@ -407,6 +409,7 @@ pub(crate) fn gemm_serial(
         epilogue.residual.is_none_or(|r| r.len() >= m * n),
         "residual too small"
     );
+    epilogue.fused.check_residual(epilogue.residual.is_some());
     if m == 0 {
         return;
     }
@@ -486,7 +489,7 @@ unsafe fn gemm_block(
                         store.bias = epilogue
                             .bias
                             .map_or(std::ptr::null(), |b| b[col0..col0 + cols].as_ptr());
-                        store.activation = epilogue.activation;
+                        store.fused = epilogue.fused;
                         if let Some(residual) = epilogue.residual {
                             store.residual = residual[row0 * n + col0..].as_ptr();
                             store.ldr = n;
@@ -549,7 +552,7 @@ fn gemv(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epilogue
                 .residual
                 .map(|res| &res[r * n + col0..r * n + col0 + cols]);
             store(isa, &acc[..cols], dst, false);
-            finish(isa, dst, bias, epilogue.activation, residual);
+            finish(isa, dst, bias, &epilogue.fused, residual);
         }
     };
     let strips = n.div_ceil(nr);
@@ -628,23 +631,21 @@ multiversion! {
     pub(crate) fn finish(
         dst: &mut [f32],
         bias: Option<&[f32]>,
-        activation: Activation,
+        fused: &Fused,
         residual: Option<&[f32]>,
     ) {
         if let Some(bias) = bias {
             dst.iter_mut().zip(bias).for_each(|(d, b)| *d += *b);
         }
-        activation.apply(dst);
-        if let Some(residual) = residual {
-            dst.iter_mut().zip(residual).for_each(|(d, r)| *d += *r);
-        }
+        fused.apply(dst, residual);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::testing::{max_relative_error, Rng};
+    use crate::kernels::{Activation, PostOp};
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
@@ -676,7 +677,7 @@ mod tests {
                 let packed = PackedB::new(isa, k, n, |p, j| b[p * n + j]);
                 let epilogue = Epilogue {
                     bias: Some(&bias),
-                    activation: Activation::Relu6,
+                    fused: Fused::from(Activation::Relu6).with_residual(),
                     residual: Some(&residual),
                 };
                 let expected: Vec<f32> = naive(&a, &b, m, k, n)
@@ -761,18 +762,17 @@ mod tests {
                 let err = max_relative_error(c, &expected);
                 assert!(err <= 1e-5, "{} {m}x{k}x{n}: {err:e}", isa.name());
 
-                // Each part of the epilogue alone and together, every activation.
-                for (with_bias, activation, with_residual) in [
-                    (true, Activation::Relu6, true),
-                    (true, Activation::None, false),
-                    (false, Activation::Relu, false),
-                    (false, Activation::None, true),
-                    (true, Activation::Relu, true),
-                ] {
+                // Each part of the epilogue alone and together, every activation, the
+                // residual before and after it.
+                for (with_bias, ops) in epilogues() {
+                    let fused = ops
+                        .iter()
+                        .try_fold(Fused::NONE, |f, op| f.then(*op))
+                        .unwrap();
                     let epilogue = Epilogue {
                         bias: with_bias.then_some(&bias[..]),
-                        activation,
-                        residual: with_residual.then_some(&residual[..]),
+                        fused,
+                        residual: fused.has_residual().then_some(&residual[..]),
                     };
                     gemm(isa, &lhs, &packed, c, &epilogue);
                     let want: Vec<f32> = expected
@@ -780,22 +780,48 @@ mod tests {
                         .enumerate()
                         .map(|(i, &v)| {
                             let v = if with_bias { v + bias[i % n] } else { v };
-                            let v = activation.apply_one(v);
-                            if with_residual {
-                                v + residual[i]
-                            } else {
-                                v
-                            }
+                            ops.iter().fold(v, |v, op| naive_op(*op, v, residual[i]))
                         })
                         .collect();
                     let err = max_relative_error(c, &want);
                     assert!(
                         err <= 1e-5,
-                        "{} {m}x{k}x{n} {activation:?} bias {with_bias} residual {with_residual}: {err:e}",
+                        "{} {m}x{k}x{n} {ops:?} bias {with_bias}: {err:e}",
                         isa.name()
                     );
                 }
             }
+        }
+    }
+
+    /// Epilogues to test: every activation, each with and without a bias, the residual
+    /// alone, before and after an activation, and between two.
+    pub(crate) fn epilogues() -> Vec<(bool, Vec<PostOp>)> {
+        use Activation::*;
+        let act = PostOp::Activation;
+        let mut all = vec![
+            (false, vec![]),
+            (true, vec![]),
+            (false, vec![PostOp::Residual]),
+        ];
+        for a in [Relu, Relu6, HardSwish] {
+            all.push((true, vec![act(a)]));
+            all.push((false, vec![act(a)]));
+            all.push((true, vec![act(a), PostOp::Residual]));
+            all.push((true, vec![PostOp::Residual, act(a)]));
+        }
+        all.push((true, vec![act(Relu6), PostOp::Residual, act(HardSwish)]));
+        all
+    }
+
+    /// One epilogue operation, written out from its definition.
+    pub(crate) fn naive_op(op: PostOp, v: f32, residual: f32) -> f32 {
+        match op {
+            PostOp::Activation(Activation::None) => v,
+            PostOp::Activation(Activation::Relu) => v.max(0.0),
+            PostOp::Activation(Activation::Relu6) => v.clamp(0.0, 6.0),
+            PostOp::Activation(Activation::HardSwish) => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+            PostOp::Residual => v + residual,
         }
     }
 }

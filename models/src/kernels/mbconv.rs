@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use super::conv::Conv;
 use super::depthwise::{depthwise_band, Depthwise};
 use super::gemm::{self, Epilogue, PackedB, RowMajor};
-use super::{parallel, Activation, Isa, SyncPtr};
+use super::{parallel, Activation, Fused, Isa, SyncPtr};
 use crate::layers::Padding;
 
 /// Bytes of expanded rows a band aims to hold: with the depthwise rows and the weights, a
@@ -271,10 +271,15 @@ impl MbConv {
     /// The epilogue of part `i`'s projection: the first part adds the bias and the residual,
     /// the others only their sums.
     fn part_epilogue<'a>(&'a self, i: usize, residual: Option<&'a [f32]>) -> Epilogue<'a> {
+        let residual = residual.filter(|_| i == 0);
         Epilogue {
             bias: (i == 0).then_some(&self.project_bias[..]),
-            activation: Activation::None,
-            residual: residual.filter(|_| i == 0),
+            fused: if residual.is_some() {
+                Fused::NONE.with_residual()
+            } else {
+                Fused::NONE
+            },
+            residual,
         }
     }
 
@@ -435,7 +440,7 @@ mod tests {
         b: &[f32],
         c_in: usize,
         c_out: usize,
-        activation: Activation,
+        fused: impl Into<Fused>,
     ) -> Conv {
         Conv::new(
             isa,
@@ -444,7 +449,7 @@ mod tests {
             (c_in, c_out, 1),
             1,
             Padding::TfSame,
-            activation,
+            fused,
         )
     }
 
@@ -507,7 +512,11 @@ mod tests {
                 depthwise.run(isa, &hidden_x, (n, h, w), &mut dw_y);
                 let mut expected = vec![0.0; out_len];
                 let (pw, pb) = &weights.project;
-                pointwise(isa, pw, pb, hidden, c_out, Activation::None).run(
+                let project = match residual {
+                    Some(_) => Fused::NONE.with_residual(),
+                    None => Fused::NONE,
+                };
+                pointwise(isa, pw, pb, hidden, c_out, project).run(
                     isa,
                     &dw_y,
                     (n, g.out_height, g.out_width),

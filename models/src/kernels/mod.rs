@@ -165,22 +165,26 @@ impl Kernels {
     }
 }
 
-/// The activation fused into a kernel's output.
+/// An activation a kernel applies to its outputs on the way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     None,
     Relu,
     Relu6,
+    /// `x * relu6(x + 3) / 6` (MobileNetV3).
+    HardSwish,
 }
 
 impl Activation {
-    /// Applies the activation to every value of `values`.
+    /// Applies the activation to every value of `values`: one loop per activation (the
+    /// match outside it), which the compiler vectorises.
     #[inline(always)]
     fn apply(self, values: &mut [f32]) {
         match self {
             Activation::None => {}
             Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
             Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+            Activation::HardSwish => values.iter_mut().for_each(|v| *v = hard_swish(*v)),
         }
     }
 
@@ -191,7 +195,132 @@ impl Activation {
             Activation::None => v,
             Activation::Relu => v.max(0.0),
             Activation::Relu6 => v.clamp(0.0, 6.0),
+            Activation::HardSwish => hard_swish(v),
         }
+    }
+}
+
+/// `x * relu6(x + 3) / 6`, in the operation order every instruction set's store uses
+/// (add, clamp, multiply by 1/6, multiply by `x`), so that all of them round alike.
+#[inline(always)]
+pub(crate) fn hard_swish(x: f32) -> f32 {
+    x * ((x + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0))
+}
+
+/// One operation of a fused epilogue ([`Fused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostOp {
+    Activation(Activation),
+    /// Adds the residual (the kernel's `residual` input, shaped like its output).
+    Residual,
+}
+
+/// What a kernel does to each output value after adding its bias, in order, before writing
+/// it: `[Relu6, Residual]` is an activation then a skip connection (a MobileNet block's
+/// tail), `[Residual, Relu]` the skip connection then the activation (ResNet's). Every
+/// instruction set's store matches [`PostOp`] and [`Activation`] exhaustively, so a new
+/// operation is one arm per store, and a list a store cannot run does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fused {
+    ops: [PostOp; Fused::MAX],
+    len: u8,
+}
+
+impl Fused {
+    /// The most operations one epilogue holds (activation, residual, activation).
+    pub const MAX: usize = 3;
+    pub const NONE: Fused = Fused {
+        ops: [PostOp::Activation(Activation::None); Fused::MAX],
+        len: 0,
+    };
+
+    /// This list followed by `op`, or `None` when it is full. `Activation::None` adds
+    /// nothing.
+    pub fn then(self, op: PostOp) -> Option<Fused> {
+        if op == PostOp::Activation(Activation::None) {
+            return Some(self);
+        }
+        let mut next = self;
+        *next.ops.get_mut(usize::from(self.len))? = op;
+        next.len += 1;
+        Some(next)
+    }
+
+    /// This list followed by the residual; `expect`s room (lists built by hand).
+    pub fn with_residual(self) -> Fused {
+        self.then(PostOp::Residual).expect("room for the residual")
+    }
+
+    pub fn ops(&self) -> &[PostOp] {
+        &self.ops[..usize::from(self.len)]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn has_residual(&self) -> bool {
+        self.ops().contains(&PostOp::Residual)
+    }
+
+    /// Checks that a kernel got a residual exactly when its list adds one.
+    #[track_caller]
+    pub(crate) fn check_residual(&self, residual: bool) {
+        assert_eq!(
+            self.has_residual(),
+            residual,
+            "epilogue {self:?} run with residual: {residual}"
+        );
+    }
+
+    /// Applies the list to `values` (bias already added), `residual` shaped like them: one
+    /// pass per operation, each a loop the compiler vectorises.
+    #[inline(always)]
+    pub(crate) fn apply(&self, values: &mut [f32], residual: Option<&[f32]>) {
+        for op in self.ops() {
+            match op {
+                PostOp::Activation(a) => a.apply(values),
+                PostOp::Residual => {
+                    let residual = residual.expect("a residual for the epilogue");
+                    let residual = &residual[..values.len()];
+                    values.iter_mut().zip(residual).for_each(|(v, r)| *v += *r);
+                }
+            }
+        }
+    }
+
+    /// The list on one value; `residual` reads its residual.
+    #[inline(always)]
+    pub(crate) fn apply_one(&self, mut v: f32, residual: impl Fn() -> f32) -> f32 {
+        for op in self.ops() {
+            v = match op {
+                PostOp::Activation(a) => a.apply_one(v),
+                PostOp::Residual => v + residual(),
+            };
+        }
+        v
+    }
+
+    /// A short name for `inspect` and bench output: `relu6+res`.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = self
+            .ops()
+            .iter()
+            .map(|op| match op {
+                PostOp::Activation(Activation::None) => "none",
+                PostOp::Activation(Activation::Relu) => "relu",
+                PostOp::Activation(Activation::Relu6) => "relu6",
+                PostOp::Activation(Activation::HardSwish) => "hardswish",
+                PostOp::Residual => "res",
+            })
+            .collect();
+        names.join("+")
+    }
+}
+
+impl From<Activation> for Fused {
+    fn from(a: Activation) -> Fused {
+        Fused::NONE.then(PostOp::Activation(a)).expect("room")
     }
 }
 
@@ -390,6 +519,14 @@ unsafe impl Sync for SyncPtr {}
 #[cfg(test)]
 pub(crate) mod testing {
     //! Shared helpers for the kernel tests: a seeded generator and the error measure.
+    /// Test case `case`'s epilogue: the GEMM tests' list of epilogues in turn.
+    pub(crate) fn fused_case(case: usize) -> super::Fused {
+        let all = super::gemm::tests::epilogues();
+        let ops = &all[case % all.len()].1;
+        ops.iter()
+            .try_fold(super::Fused::NONE, |f, op| f.then(*op))
+            .expect("at most Fused::MAX operations")
+    }
 
     /// A small deterministic generator (xorshift), uniform in [-1, 1).
     pub struct Rng(u64);

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::conv::Geometry;
 use super::gemm::{self, Epilogue, PackedB, RowMajor};
-use super::{multiversion, multiversion_unsafe, parallel, Activation, Isa, SyncPtr};
+use super::{multiversion, multiversion_unsafe, parallel, Fused, Isa, SyncPtr};
 
 /// Output pixels per block of work (rounded to whole tiles): enough rows for each GEMM to
 /// reuse every strip of the transformed filters many times once it is in cache.
@@ -107,8 +107,8 @@ impl Winograd {
         self.u.iter().map(PackedB::bytes).sum()
     }
 
-    /// `output = activation(conv3x3(input) + bias) + residual`, NHWC, stride 1, padding
-    /// from `g`.
+    /// `output = fused(conv3x3(input) + bias)`, `fused` reading `residual` where it adds it;
+    /// NHWC, stride 1, padding from `g`.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -116,10 +116,11 @@ impl Winograd {
         input: &[f32],
         g: &Geometry,
         bias: &[f32],
-        activation: Activation,
+        fused: Fused,
         residual: Option<&[f32]>,
         output: &mut [f32],
     ) {
+        fused.check_residual(residual.is_some());
         assert_eq!((g.kernel, g.stride, g.c_in), (3, 1, self.c_in));
         let (m, positions) = (self.tile.m(), self.tile.positions());
         let (th, tw) = (g.out_height.div_ceil(m), g.out_width.div_ceil(m));
@@ -187,7 +188,7 @@ impl Winograd {
                 }
                 let epilogue = Epilogue {
                     bias: Some(bias),
-                    activation,
+                    fused,
                     residual,
                 };
                 for tile in 0..count {
@@ -458,12 +459,8 @@ unsafe fn emit(
             .zip(&bias[c0..c0 + len])
             .for_each(|(d, b)| *d += *b);
     }
-    epilogue.activation.apply(dst);
-    if let Some(residual) = epilogue.residual {
-        dst.iter_mut()
-            .zip(&residual[at..at + len])
-            .for_each(|(d, r)| *d += *r);
-    }
+    let residual = epilogue.residual.map(|r| &r[at..at + len]);
+    epilogue.fused.apply(dst, residual);
 }
 
 multiversion_unsafe! {
@@ -577,7 +574,7 @@ multiversion_unsafe! {
 mod tests {
     use super::*;
     use crate::kernels::conv::Conv;
-    use crate::kernels::testing::{max_relative_error, Rng};
+    use crate::kernels::testing::{fused_case, max_relative_error, Rng};
     use crate::layers::Padding;
 
     /// Both tile sizes against the im2col convolution (itself tested against candle) on odd
@@ -600,31 +597,19 @@ mod tests {
                 let x = rng.vec(n * h * w * c_in);
                 let weight = rng.vec(c_out * c_in * 9);
                 let bias = rng.vec(c_out);
-                let direct = Conv::new(
-                    isa,
-                    &weight,
-                    bias.clone(),
-                    (c_in, c_out, 3),
-                    1,
-                    padding,
-                    Activation::Relu,
-                )
-                .into_im2col(isa, &weight);
+                // Every epilogue of the GEMM's tests in turn, as in the direct kernel's test.
+                let fused = fused_case(case);
+                let shape = (c_in, c_out, 3);
+                let direct = Conv::new(isa, &weight, bias.clone(), shape, 1, padding, fused)
+                    .into_im2col(isa, &weight);
                 let g = direct.geometry((n, h, w));
                 let residual = rng.vec(g.out_pixels() * c_out);
+                let residual = fused.has_residual().then_some(&residual[..]);
                 let mut expected = vec![0f32; g.out_pixels() * c_out];
-                direct.run(isa, &x, (n, h, w), &mut expected, Some(&residual));
+                direct.run(isa, &x, (n, h, w), &mut expected, residual);
                 let wino = Winograd::new(isa, tile, &weight, c_in, c_out);
                 let mut out = vec![f32::NAN; expected.len()];
-                wino.run(
-                    isa,
-                    &x,
-                    &g,
-                    &bias,
-                    Activation::Relu,
-                    Some(&residual),
-                    &mut out,
-                );
+                wino.run(isa, &x, &g, &bias, fused, residual, &mut out);
                 let err = max_relative_error(&out, &expected);
                 // F(4x4)'s larger transform constants cost some rounding (module docs).
                 let bound = if tile == Tile::F2 { 1e-5 } else { 5e-5 };

@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::gemm::{Microkernel, Store};
-use super::Activation;
+use super::{Activation, PostOp};
 
 /// Calls `$panel::<R>` for a short panel's `R = $rows` rows (one of the listed counts), or
 /// for the whole panel's `$full`: the short-panel kernels' dispatch.
@@ -21,34 +21,69 @@ macro_rules! short_panel {
     };
 }
 
-/// Calls `$whole::<..., ACC, EPI, ACT, RES>(args)` with `store`'s choices as constants: the
+/// Calls `$whole::<..., ACC, EPI>(args)` with `store`'s choices as constants: the
 /// whole-tile stores' dispatch, made once per tile. `ACC` adds what `C` holds, `EPI` applies
-/// the epilogue (bias, activation `ACT`: 0 none, 1 ReLU, 2 ReLU6, and with `RES` the
-/// residual).
+/// the epilogue (bias, then `store.fused`'s operations, each over the whole tile).
 macro_rules! whole_tile {
     ($whole:ident::<$($g:ident),*>$args:tt, $store:expr) => {{
         let store: &Store = $store;
-        let act = match store.activation {
-            Activation::None => 0,
-            Activation::Relu => 1,
-            Activation::Relu6 => 2,
-        };
-        match (store.accumulate, store.has_epilogue(), act, !store.residual.is_null()) {
-            (false, false, ..) => $whole::<$($g,)* false, false, 0, false>$args,
-            (true, false, ..) => $whole::<$($g,)* true, false, 0, false>$args,
-            (false, true, 0, false) => $whole::<$($g,)* false, true, 0, false>$args,
-            (false, true, 1, false) => $whole::<$($g,)* false, true, 1, false>$args,
-            (false, true, _, false) => $whole::<$($g,)* false, true, 2, false>$args,
-            (true, true, 0, false) => $whole::<$($g,)* true, true, 0, false>$args,
-            (true, true, 1, false) => $whole::<$($g,)* true, true, 1, false>$args,
-            (true, true, _, false) => $whole::<$($g,)* true, true, 2, false>$args,
-            (false, true, 0, true) => $whole::<$($g,)* false, true, 0, true>$args,
-            (false, true, 1, true) => $whole::<$($g,)* false, true, 1, true>$args,
-            (false, true, _, true) => $whole::<$($g,)* false, true, 2, true>$args,
-            (true, true, 0, true) => $whole::<$($g,)* true, true, 0, true>$args,
-            (true, true, 1, true) => $whole::<$($g,)* true, true, 1, true>$args,
-            (true, true, _, true) => $whole::<$($g,)* true, true, 2, true>$args,
+        match (store.accumulate, store.has_epilogue()) {
+            (false, false) => $whole::<$($g,)* false, false>$args,
+            (true, false) => $whole::<$($g,)* true, false>$args,
+            (false, true) => $whole::<$($g,)* false, true>$args,
+            (true, true) => $whole::<$($g,)* true, true>$args,
         }
+    }};
+}
+
+/// Runs `$body` on every vector `$v` (`&mut`) of the tile `$tile` (`[[_; 2]; R]`, the first
+/// `$halves` of each pair), `$i` its row and `$h` its half; rows by constant index, so that
+/// the tile stays in registers.
+macro_rules! each_vector {
+    ($tile:ident, $halves:expr, |$v:ident, $i:ident, $h:ident| $body:block) => {
+        each_vector!(@rows [0 1 2 3 4 5 6 7 8 9 10 11] $tile, $halves, $v, $i, $h, $body)
+    };
+    (@rows [$($row:literal)*] $tile:ident, $halves:expr, $v:ident, $i:ident, $h:ident, $body:block) => {{$(
+        if let Some(pair) = $tile.get_mut($row) {
+            let $i: usize = $row;
+            for ($h, $v) in pair.iter_mut().enumerate().take($halves) $body
+        }
+    )*}};
+}
+
+/// The AVX-512 and AVX2 forms of the epilogue's activations, as macros so that they expand
+/// inside the stores' `target_feature` code. `max`/`min` return their second operand when
+/// one is NaN: NaN stays NaN through ReLU6 and hard-swish, as `f32::clamp` keeps it, and
+/// ReLU maps it to 0, as `f32::max` does. Hard-swish is `x * (relu6(x + 3) * 1/6)`, the
+/// order of [`super::hard_swish`].
+macro_rules! relu {
+    (512, $v:expr) => {
+        _mm512_max_ps($v, _mm512_setzero_ps())
+    };
+    (256, $v:expr) => {
+        _mm256_max_ps($v, _mm256_setzero_ps())
+    };
+}
+
+macro_rules! relu6 {
+    (512, $v:expr) => {
+        _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), $v))
+    };
+    (256, $v:expr) => {
+        _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), $v))
+    };
+}
+
+macro_rules! hard_swish {
+    (512, $v:expr) => {{
+        let v = $v;
+        let gate = relu6!(512, _mm512_add_ps(v, _mm512_set1_ps(3.0)));
+        _mm512_mul_ps(v, _mm512_mul_ps(gate, _mm512_set1_ps(1.0 / 6.0)))
+    }};
+    (256, $v:expr) => {{
+        let v = $v;
+        let gate = relu6!(256, _mm256_add_ps(v, _mm256_set1_ps(3.0)));
+        _mm256_mul_ps(v, _mm256_mul_ps(gate, _mm256_set1_ps(1.0 / 6.0)))
     }};
 }
 
@@ -417,7 +452,6 @@ unsafe fn store_avx512<const R: usize, const H: usize>(
     };
     let mask = [lanes as u16, (lanes >> 16) as u16];
     let zero = _mm512_setzero_ps();
-    let six = _mm512_set1_ps(6.0);
     // SAFETY (all loads and stores below): a lane is touched only when its mask bit is set,
     // that is for columns < cols of rows < rows, which the contract makes valid. Addresses
     // are formed with `wrapping_add`, as a wholly masked-off half may start past the end.
@@ -433,32 +467,35 @@ unsafe fn store_avx512<const R: usize, const H: usize>(
     // accumulators in memory.
     macro_rules! row {
         ($i:expr, $pair:expr) => {{
-        let i: usize = $i;
-        let pair: &[__m512; 2] = $pair;
-        for (h, &v) in pair.iter().enumerate().take(H) {
-            unsafe {
-                let at = c.wrapping_add(i * ldc + 16 * h);
-                let mut v = v;
-                if store.accumulate {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], at));
-                }
-                if epilogue {
-                    v = _mm512_add_ps(v, bias[h]);
-                    v = match store.activation {
-                        Activation::None => v,
-                        Activation::Relu => _mm512_max_ps(v, zero),
-                        // `max`/`min` return their second operand when one is NaN: NaN stays NaN,
-                        // as `f32::clamp` keeps it, and ReLU maps it to 0, as `f32::max` does.
-                        Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, v)),
-                    };
-                    if !store.residual.is_null() {
-                        let r = store.residual.wrapping_add(i * store.ldr + 16 * h);
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], r));
+            let i: usize = $i;
+            let pair: &[__m512; 2] = $pair;
+            for (h, &v) in pair.iter().enumerate().take(H) {
+                unsafe {
+                    let at = c.wrapping_add(i * ldc + 16 * h);
+                    let mut v = v;
+                    if store.accumulate {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], at));
                     }
+                    if epilogue {
+                        v = _mm512_add_ps(v, bias[h]);
+                        for op in store.fused.ops() {
+                            v = match *op {
+                                PostOp::Activation(Activation::None) => v,
+                                PostOp::Activation(Activation::Relu) => relu!(512, v),
+                                PostOp::Activation(Activation::Relu6) => relu6!(512, v),
+                                PostOp::Activation(Activation::HardSwish) => {
+                                    hard_swish!(512, v)
+                                }
+                                PostOp::Residual => {
+                                    let r = store.residual.wrapping_add(i * store.ldr + 16 * h);
+                                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], r))
+                                }
+                            };
+                        }
+                    }
+                    _mm512_mask_storeu_ps(at, mask[h], v);
                 }
-                _mm512_mask_storeu_ps(at, mask[h], v);
             }
-        }
         }};
     }
     // The rows by constant index, unrolled by hand: a loop over the rows indexes the
@@ -477,72 +514,57 @@ unsafe fn store_avx512<const R: usize, const H: usize>(
 }
 
 /// [`store_avx512`] for a tile whose `R` rows and `16 H` columns all lie inside `C`, every
-/// choice a constant (see [`whole_tile`]): plain loads and stores, no test per vector.
+/// choice a constant (see [`whole_tile`]) or made once for the tile: plain loads and stores,
+/// and each epilogue operation one branch for the tile, then straight-line code over its
+/// vectors.
 ///
 /// # Safety
 /// As [`Microkernel::run`], with `store.rows >= R` and `store.cols >= 16 H`; the CPU must
 /// have AVX-512F, and the caller is compiled for it.
 #[inline(always)]
-unsafe fn store_avx512_whole<
-    const R: usize,
-    const H: usize,
-    const ACC: bool,
-    const EPI: bool,
-    const ACT: u8,
-    const RES: bool,
->(
+unsafe fn store_avx512_whole<const R: usize, const H: usize, const ACC: bool, const EPI: bool>(
     acc: &[[__m512; 2]; R],
     c: *mut f32,
     ldc: usize,
     store: &Store,
 ) {
-    let zero = _mm512_setzero_ps();
-    let six = _mm512_set1_ps(6.0);
+    let mut tile = *acc;
     // SAFETY (all loads and stores below): rows < R <= store.rows and columns < 16 H <=
-    // store.cols of the tile, the bias's 16 H values and the residual's tile, which the
-    // contract makes valid.
-    let bias: [__m512; 2] = if EPI && !store.bias.is_null() {
-        std::array::from_fn(|h| {
-            if h < H {
-                unsafe { _mm512_loadu_ps(store.bias.add(16 * h)) }
-            } else {
-                zero
-            }
-        })
-    } else {
-        [zero; 2]
-    };
-    macro_rules! rows {
-        ($($i:literal)*) => {$(
-            if let Some(pair) = acc.get($i) {
-                for (h, &v) in pair.iter().enumerate().take(H) {
-                    unsafe {
-                        let at = c.add($i * ldc + 16 * h);
-                        let mut v = v;
-                        if ACC {
-                            v = _mm512_add_ps(v, _mm512_loadu_ps(at));
-                        }
-                        if EPI {
-                            v = _mm512_add_ps(v, bias[h]);
-                            if ACT == 1 {
-                                v = _mm512_max_ps(v, zero);
-                            } else if ACT == 2 {
-                                // As in `store_avx512`: NaN stays NaN.
-                                v = _mm512_min_ps(six, _mm512_max_ps(zero, v));
-                            }
-                            if RES {
-                                let r = store.residual.add($i * store.ldr + 16 * h);
-                                v = _mm512_add_ps(v, _mm512_loadu_ps(r));
-                            }
-                        }
-                        _mm512_storeu_ps(at, v);
-                    }
-                }
-            }
-        )*};
+    // store.cols of the tile, the bias's 16 H values and the residual's tile (read for a
+    // list that adds it, which then is not null), which the contract makes valid.
+    if ACC {
+        each_vector!(tile, H, |v, i, h| {
+            *v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(c.add(i * ldc + 16 * h)) });
+        });
     }
-    // By constant index, as in `store_avx512`.
-    rows!(0 1 2 3 4 5 6 7 8 9 10 11);
+    if EPI {
+        if !store.bias.is_null() {
+            each_vector!(tile, H, |v, _i, h| {
+                *v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(store.bias.add(16 * h)) });
+            });
+        }
+        for op in store.fused.ops() {
+            match *op {
+                PostOp::Activation(Activation::None) => {}
+                PostOp::Activation(Activation::Relu) => {
+                    each_vector!(tile, H, |v, _i, _h| { *v = relu!(512, *v) });
+                }
+                PostOp::Activation(Activation::Relu6) => {
+                    each_vector!(tile, H, |v, _i, _h| { *v = relu6!(512, *v) });
+                }
+                PostOp::Activation(Activation::HardSwish) => {
+                    each_vector!(tile, H, |v, _i, _h| { *v = hard_swish!(512, *v) });
+                }
+                PostOp::Residual => each_vector!(tile, H, |v, i, h| {
+                    let r = unsafe { _mm512_loadu_ps(store.residual.add(i * store.ldr + 16 * h)) };
+                    *v = _mm512_add_ps(*v, r);
+                }),
+            }
+        }
+    }
+    each_vector!(tile, H, |v, i, h| {
+        unsafe { _mm512_storeu_ps(c.add(i * ldc + 16 * h), *v) };
+    });
 }
 
 /// [`store_avx512`] for an `R` x 16 AVX2 tile (`acc[i][h]` is row `i`, columns `8 h..+8`). A tile as wide as the strip is written with plain loads and stores;
@@ -574,7 +596,6 @@ unsafe fn store_avx2<const R: usize>(
         _mm256_cmpgt_epi32(_mm256_set1_epi32(left), first)
     });
     let zero = _mm256_setzero_ps();
-    let six = _mm256_set1_ps(6.0);
     // SAFETY (all loads and stores below): a lane is touched only when its mask is set, that
     // is for columns < cols of rows < rows, which the contract makes valid. Addresses are
     // formed with `wrapping_add`, as a wholly masked-off half may start past the end.
@@ -608,39 +629,40 @@ unsafe fn store_avx2<const R: usize>(
     let epilogue = store.has_epilogue();
     macro_rules! row {
         ($i:expr, $pair:expr) => {{
-        let i: usize = $i;
-        let pair: &[__m256; 2] = $pair;
-        for (h, &v) in pair.iter().enumerate() {
-            if !used[h] {
-                continue;
-            }
-            unsafe {
-                let at = c.wrapping_add(i * ldc + 8 * h);
-                let mut v = v;
-                if store.accumulate {
-                    v = _mm256_add_ps(v, load!(at, h));
+            let i: usize = $i;
+            let pair: &[__m256; 2] = $pair;
+            for (h, &v) in pair.iter().enumerate() {
+                if !used[h] {
+                    continue;
                 }
-                if epilogue {
-                    v = _mm256_add_ps(v, bias[h]);
-                    v = match store.activation {
-                        Activation::None => v,
-                        Activation::Relu => _mm256_max_ps(v, zero),
-                        // `max`/`min` return their second operand when one is NaN: NaN stays NaN,
-                        // as `f32::clamp` keeps it, and ReLU maps it to 0, as `f32::max` does.
-                        Activation::Relu6 => _mm256_min_ps(six, _mm256_max_ps(zero, v)),
-                    };
-                    if !store.residual.is_null() {
-                        let r = store.residual.wrapping_add(i * store.ldr + 8 * h);
-                        v = _mm256_add_ps(v, load!(r, h));
+                unsafe {
+                    let at = c.wrapping_add(i * ldc + 8 * h);
+                    let mut v = v;
+                    if store.accumulate {
+                        v = _mm256_add_ps(v, load!(at, h));
+                    }
+                    if epilogue {
+                        v = _mm256_add_ps(v, bias[h]);
+                        for op in store.fused.ops() {
+                            v = match *op {
+                                PostOp::Activation(Activation::None) => v,
+                                PostOp::Activation(Activation::Relu) => relu!(256, v),
+                                PostOp::Activation(Activation::Relu6) => relu6!(256, v),
+                                PostOp::Activation(Activation::HardSwish) => hard_swish!(256, v),
+                                PostOp::Residual => {
+                                    let r = store.residual.wrapping_add(i * store.ldr + 8 * h);
+                                    _mm256_add_ps(v, load!(r, h))
+                                }
+                            };
+                        }
+                    }
+                    if full[h] {
+                        _mm256_storeu_ps(at, v);
+                    } else {
+                        _mm256_maskstore_ps(at, mask[h], v);
                     }
                 }
-                if full[h] {
-                    _mm256_storeu_ps(at, v);
-                } else {
-                    _mm256_maskstore_ps(at, mask[h], v);
-                }
             }
-        }
         }};
     }
     // By constant index, as in `store_avx512`.
@@ -656,76 +678,58 @@ unsafe fn store_avx2<const R: usize>(
     rows!(0 1 2 3 4 5);
 }
 
-/// [`store_avx2`] for a tile whose `R` rows and 16 columns all lie inside `C`: `ACC` adds
-/// what `C` holds, `EPI` applies the epilogue (bias, activation `ACT`: 0 none, 1 ReLU,
-/// 2 ReLU6, and with `RES` the residual). Plain loads and stores, no test per vector:
-/// written as one loop over the vectors with every choice a constant, it is a dozen
-/// instructions a vector where the general store, testing each choice for each vector,
-/// ran about thirty (callgrind: ~600 instructions a call for an 8-deep tile, most of them
-/// the store), which on the 1x1 expansions' 16-24 depths cost more than the multiply-adds.
+/// [`store_avx2`] for a tile whose `R` rows and 16 columns all lie inside `C`, as
+/// [`store_avx512_whole`] does it: `ACC` and `EPI` constants, each epilogue operation one
+/// branch for the tile. Plain loads and stores, no test per vector: the general store,
+/// testing each choice for each vector, ran about thirty instructions a vector where this
+/// runs a dozen (callgrind: ~600 instructions a call for an 8-deep tile, most of them the
+/// store), which on the 1x1 expansions' 16-24 depths cost more than the multiply-adds.
 ///
 /// # Safety
 /// As [`Microkernel::run`], with `store.rows >= R` and `store.cols >= 16`; the CPU must have
 /// AVX2, and the caller is compiled for it.
 #[inline(always)]
-unsafe fn store_avx2_whole<
-    const R: usize,
-    const ACC: bool,
-    const EPI: bool,
-    const ACT: u8,
-    const RES: bool,
->(
+unsafe fn store_avx2_whole<const R: usize, const ACC: bool, const EPI: bool>(
     acc: &[[__m256; 2]; R],
     c: *mut f32,
     ldc: usize,
     store: &Store,
 ) {
-    let zero = _mm256_setzero_ps();
-    let six = _mm256_set1_ps(6.0);
-    // SAFETY (all loads and stores below): rows < R <= store.rows and columns < 16 <=
-    // store.cols of the tile, the bias's 16 values and the residual's tile, which the
-    // contract makes valid.
-    let bias = if EPI && !store.bias.is_null() {
-        unsafe {
-            [
-                _mm256_loadu_ps(store.bias),
-                _mm256_loadu_ps(store.bias.add(8)),
-            ]
-        }
-    } else {
-        [zero; 2]
-    };
-    macro_rules! rows {
-        ($($i:literal)*) => {$(
-            if let Some(pair) = acc.get($i) {
-                for (h, &v) in pair.iter().enumerate() {
-                    unsafe {
-                        let at = c.add($i * ldc + 8 * h);
-                        let mut v = v;
-                        if ACC {
-                            v = _mm256_add_ps(v, _mm256_loadu_ps(at));
-                        }
-                        if EPI {
-                            v = _mm256_add_ps(v, bias[h]);
-                            if ACT == 1 {
-                                v = _mm256_max_ps(v, zero);
-                            } else if ACT == 2 {
-                                // As in `store_avx512`: NaN stays NaN.
-                                v = _mm256_min_ps(six, _mm256_max_ps(zero, v));
-                            }
-                            if RES {
-                                let r = store.residual.add($i * store.ldr + 8 * h);
-                                v = _mm256_add_ps(v, _mm256_loadu_ps(r));
-                            }
-                        }
-                        _mm256_storeu_ps(at, v);
-                    }
-                }
-            }
-        )*};
+    let mut tile = *acc;
+    // SAFETY (all loads and stores below): as in `store_avx512_whole`, for 16 columns.
+    if ACC {
+        each_vector!(tile, 2, |v, i, h| {
+            *v = _mm256_add_ps(*v, unsafe { _mm256_loadu_ps(c.add(i * ldc + 8 * h)) });
+        });
     }
-    // By constant index, as in `store_avx512`.
-    rows!(0 1 2 3 4 5);
+    if EPI {
+        if !store.bias.is_null() {
+            each_vector!(tile, 2, |v, _i, h| {
+                *v = _mm256_add_ps(*v, unsafe { _mm256_loadu_ps(store.bias.add(8 * h)) });
+            });
+        }
+        for op in store.fused.ops() {
+            match *op {
+                PostOp::Activation(Activation::None) => {}
+                PostOp::Activation(Activation::Relu) => {
+                    each_vector!(tile, 2, |v, _i, _h| { *v = relu!(256, *v) });
+                }
+                PostOp::Activation(Activation::Relu6) => {
+                    each_vector!(tile, 2, |v, _i, _h| { *v = relu6!(256, *v) });
+                }
+                PostOp::Activation(Activation::HardSwish) => {
+                    each_vector!(tile, 2, |v, _i, _h| { *v = hard_swish!(256, *v) });
+                }
+                PostOp::Residual => each_vector!(tile, 2, |v, i, h| {
+                    let r = unsafe { _mm256_loadu_ps(store.residual.add(i * store.ldr + 8 * h)) };
+                    *v = _mm256_add_ps(*v, r);
+                }),
+            }
+        }
+    }
+    each_vector!(tile, 2, |v, i, h| {
+        unsafe { _mm256_storeu_ps(c.add(i * ldc + 8 * h), *v) };
+    });
 }
 
 /// How far ahead of its loads [`avx512_gemv_strip`] asks for the weights, in bytes: a
