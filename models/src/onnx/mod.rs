@@ -803,8 +803,7 @@ impl<'a> Importer<'a> {
                 };
                 let flat = match target[..] {
                     [n, Some(f)] => {
-                        matches!(n, None | Some(-1..=1))
-                            && (f == -1 || f == shape.numel() as i64)
+                        matches!(n, None | Some(-1..=1)) && (f == -1 || f == shape.numel() as i64)
                     }
                     _ => false,
                 };
@@ -903,9 +902,11 @@ impl<'a> Importer<'a> {
         let order = match (layout, shape) {
             (None, _) => None,
             (Some(Layout::Nhwc), Shape::Map { c, h, w }) => Some(Layout::NhwcFlat { c, h, w }),
-            (Some(layout), _) => return Err(error(format!(
+            (Some(layout), _) => {
+                return Err(error(format!(
                 "flattens a {shape} value in {layout:?} layout; edgemm flattens NCHW and NHWC maps"
-            ))),
+            )))
+            }
         };
         self.push(node, Op::Flatten, vec![x])?;
         if let Some(order) = order {
@@ -949,8 +950,7 @@ impl<'a> Importer<'a> {
                 )));
             }
         };
-        let v = self.get(input_name(node, 0)?)?.clone();
-        debug_assert!(matches!(&v, Val::Computed(n, _) if *n == x));
+        let v = Val::Computed(x, shape);
         match to {
             Some(layout) => self.layouts.insert(out, layout),
             None => self.layouts.remove(&out),
