@@ -195,7 +195,7 @@ fn keras_vgg_tiny_matches_onnx_runtime() {
 }
 
 /// `keras.applications.VGG16(weights=None, classes=1000, classifier_activation=None)`,
-/// seeded, converted by tf2onnx (~528 MB, so CI makes it into `target/onnx-models` with
+/// seeded, converted by tf2onnx (553 MB, so CI makes it into `target/onnx-models` with
 /// `models/reference/onnx/export_keras.py --set full`).
 #[test]
 fn keras_vgg16_matches_onnx_runtime() {
