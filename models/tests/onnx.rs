@@ -5,6 +5,10 @@
 //! Every graph runs as candle ops and on the fast kernels of every instruction set this CPU
 //! has, and must agree with ONNX Runtime to a relative 1e-4 (largest difference over largest
 //! logit). A fuzz-style test feeds truncated and mutated files to the importer.
+//!
+//! Keras models converted by tf2onnx (`export_keras.py`: a small VGG-style model, committed,
+//! and the full `keras.applications.VGG16`, made by CI) take NHWC input; ONNX Runtime was fed
+//! the same photos transposed, and the imported graph takes the NCHW batch.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,8 @@ fn dir() -> PathBuf {
 #[derive(serde::Deserialize)]
 struct Expected {
     photos: Vec<String>,
+    /// The layout ONNX Runtime was fed ("NCHW", or "NHWC" for a Keras export).
+    layout: String,
     mean: [f32; 3],
     std: [f32; 3],
     logits: Vec<Vec<f32>>,
@@ -61,6 +67,13 @@ fn check(model: &str) {
     check_in(&dir(), model)
 }
 
+/// Where CI writes the large ONNX files (`$EDGEMM_ONNX_MODELS` points elsewhere).
+fn large_models() -> PathBuf {
+    std::env::var_os("EDGEMM_ONNX_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnx-models"))
+}
+
 /// [`check`] for `model.onnx` and `model.expected.json` in `files`.
 fn check_in(files: &Path, model: &str) {
     let imported = onnx::import_file(&files.join(format!("{model}.onnx"))).unwrap();
@@ -68,6 +81,11 @@ fn check_in(files: &Path, model: &str) {
         &std::fs::read(files.join(format!("{model}.expected.json"))).unwrap(),
     )
     .unwrap();
+    let layout = match expected.layout.as_str() {
+        "NHWC" => onnx::InputLayout::Nhwc,
+        _ => onnx::InputLayout::Nchw,
+    };
+    assert_eq!(imported.input_layout, layout, "{model}");
     let x = batch(&expected);
     let classes = expected.logits[0].len();
     let flat: Vec<f32> = expected.logits.concat();
@@ -93,9 +111,11 @@ fn check_in(files: &Path, model: &str) {
         assert!(err <= 1e-4, "{model} on {name}, batch 1: {err:e}");
     }
     let steps = networks[1].1.steps().unwrap();
+    // The planner has no softmax step: a final softmax over [N, classes] (Keras heads end
+    // in one) runs as a candle op, which costs nothing next to the convolutions.
     let fallbacks: Vec<_> = steps
         .iter()
-        .filter(|s| s.path == "candle fallback")
+        .filter(|s| s.path == "candle fallback" && s.kernel != "candle:softmax")
         .collect();
     assert!(
         fallbacks.is_empty(),
@@ -144,14 +164,83 @@ fn resnet_basic_matches_onnx_runtime() {
 /// points elsewhere).
 #[test]
 fn efficientnet_lite0_matches_onnx_runtime() {
-    let files = std::env::var_os("EDGEMM_ONNX_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnx-models"));
+    let files = large_models();
     if !files.join("efficientnet_lite0.onnx").exists() {
         println!("skipped: {} has no efficientnet_lite0.onnx (models/reference/onnx/efficientnet_lite0.py makes it)", files.display());
         return;
     }
     check_in(&files, "efficientnet_lite0");
+}
+
+/// A VGG-style Keras model (Conv2D same + ReLU, MaxPooling2D, Flatten, Dense, softmax)
+/// converted by tf2onnx: NHWC input, the Flatten's Transpose back to NHWC and its computed
+/// Reshape shape, MatMul + Add.
+#[test]
+fn keras_vgg_tiny_matches_onnx_runtime() {
+    check("keras_vgg_tiny_c10");
+    let imported = onnx::import_file(&dir().join("keras_vgg_tiny_c10.onnx")).unwrap();
+    assert!(imported.ends_in_softmax);
+    // Both Transposes fold away; no shape arithmetic is left in the graph.
+    let ops: Vec<_> = imported.graph.nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(
+        ops.iter().filter(|k| **k == "flatten").count(),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(
+        imported.graph.nodes.len(),
+        8 + 8 + 5 + 1 + 3 + 2 + 1,
+        "{ops:?}"
+    );
+}
+
+/// `keras.applications.VGG16(weights=None, classes=1000, classifier_activation=None)`,
+/// seeded, converted by tf2onnx (553 MB, so CI makes it into `target/onnx-models` with
+/// `models/reference/onnx/export_keras.py --set full`).
+#[test]
+fn keras_vgg16_matches_onnx_runtime() {
+    let files = large_models();
+    if !files.join("keras_vgg16.onnx").exists() {
+        eprintln!("skipped: {} has no keras_vgg16.onnx (models/reference/onnx/export_keras.py --set full makes it)", files.display());
+        return;
+    }
+    check_in(&files, "keras_vgg16");
+}
+
+/// A Transpose other than the two a Keras export holds is refused, naming the node and perm.
+#[test]
+fn unrecognised_transpose_names_the_node() {
+    let bytes = std::fs::read(dir().join("keras_vgg_tiny_c10.onnx")).unwrap();
+    for (k, perm) in [(0, vec![0, 2, 1, 3]), (1, vec![0, 3, 2, 1])] {
+        let mut model = <onnx::proto::ModelProto as prost::Message>::decode(&bytes[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let node = graph
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type == "Transpose")
+            .nth(k)
+            .unwrap();
+        node.attribute[0].ints = perm.clone();
+        let name = node.name.clone();
+        let e = onnx::import(&prost::Message::encode_to_vec(&model))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{name:?} (Transpose)")) && e.contains(&format!("perm {perm:?}")),
+            "{e}"
+        );
+    }
+    // A map left in NHWC layout may not reach a convolution.
+    let mut model = <onnx::proto::ModelProto as prost::Message>::decode(&bytes[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let first = graph.node[0].output[0].clone();
+    graph.node[1].input[0] = graph.node[0].input[0].clone();
+    graph.node.remove(0);
+    assert!(graph.node.iter().all(|n| !n.input.contains(&first)));
+    let e = onnx::import(&prost::Message::encode_to_vec(&model))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(Conv)") && e.contains("NHWC"), "{e}");
 }
 
 /// The importer reads hostile bytes as an error, never a panic: every truncation length on a

@@ -17,7 +17,8 @@ MODEL.expected.json next to it:
      "layout": "NCHW", "onnxruntime": "<version>", "graph_optimization_level": "ORT_DISABLE_ALL",
      "logits": [[...], ...]}
 
-one logits row per photo, each float32 value written as Python repr() of its float value
+one logits row per photo ("layout" is "NHWC", and the batch is fed transposed, for a
+model whose input has its 3 channels last, as Keras exports do), each float32 value written as Python repr() of its float value
 (parsing it and rounding to float32 gives the value back exactly). It also runs ORT with
 the default optimisation level (ORT_ENABLE_ALL) and prints the largest relative difference
 (max |a - b| / max |b|) to show how much an optimised graph moves the logits.
@@ -76,6 +77,52 @@ def run(path, x, level):
     return y
 
 
+def input_layout(path):
+    """"NHWC" for a model whose input has 3 channels last (a Keras export), else "NCHW"."""
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    dims = sess.get_inputs()[0].shape
+    return "NHWC" if len(dims) == 4 and dims[3] == 3 and dims[1] != 3 else "NCHW"
+
+
+def write_expected(path, out, names=None, x=None):
+    """Write MODEL.expected.json for path into out (x: the NCHW batch, fed as the model's
+    input layout wants it)."""
+    if x is None:
+        names, _, x = photo_batch()
+    layout = input_layout(path)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y = run(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    y_opt = run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    rel_opt = float(np.abs(y - y_opt).max() / np.abs(y).max())
+    e = np.exp(y - y.max(1, keepdims=True))
+    p = e / e.sum(1, keepdims=True)
+    # how much the logits depend on the photo: std over photos (mean over classes)
+    # relative to the std of all logits
+    photo_dep = float(y.std(0).mean() / y.std())
+    base = os.path.splitext(os.path.basename(path))[0]
+    doc = {
+        "model": base + ".onnx",
+        "photos": names,
+        "mean": MEAN,
+        "std": STD,
+        "layout": layout,
+        "onnxruntime": ort.__version__,
+        "graph_optimization_level": "ORT_DISABLE_ALL",
+        "logits": "@LOGITS@",
+    }
+    rows = ",\n  ".join("[" + ", ".join(repr(float(v)) for v in row) + "]" for row in y)
+    text = json.dumps(doc, indent=1).replace('"@LOGITS@"', "[\n  " + rows + "\n ]")
+    assert np.array_equal(np.array(json.loads(text)["logits"], dtype=np.float32), y)
+    with open(os.path.join(out, base + ".expected.json"), "w") as f:
+        f.write(text + "\n")
+    print(
+        f"{base}: {layout} input, logits {list(y.shape)} std {y.std():.3f} (photo-dependent "
+        f"{photo_dep:.2f}), max softmax {p.max():.3f}, top-1 {y.argmax(1).tolist()}, "
+        f"ORT_ENABLE_ALL vs ORT_DISABLE_ALL rel {rel_opt:.1e}"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", required=True, help="directory with MODEL.onnx files")
@@ -87,35 +134,7 @@ def main():
     names, x = prepare_photos(args.samples, out)
     print(f"onnxruntime {ort.__version__}; input {list(x.shape)} from {names}")
     for path in sorted(glob.glob(os.path.join(args.models, "*.onnx"))):
-        y = run(path, x, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        y_opt = run(path, x, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-        rel_opt = float(np.abs(y - y_opt).max() / np.abs(y).max())
-        e = np.exp(y - y.max(1, keepdims=True))
-        p = e / e.sum(1, keepdims=True)
-        # how much the logits depend on the photo: std over photos (mean over classes)
-        # relative to the std of all logits
-        photo_dep = float(y.std(0).mean() / y.std())
-        base = os.path.splitext(os.path.basename(path))[0]
-        doc = {
-            "model": base + ".onnx",
-            "photos": names,
-            "mean": MEAN,
-            "std": STD,
-            "layout": "NCHW",
-            "onnxruntime": ort.__version__,
-            "graph_optimization_level": "ORT_DISABLE_ALL",
-            "logits": "@LOGITS@",
-        }
-        rows = ",\n  ".join("[" + ", ".join(repr(float(v)) for v in row) + "]" for row in y)
-        text = json.dumps(doc, indent=1).replace('"@LOGITS@"', "[\n  " + rows + "\n ]")
-        assert np.array_equal(np.array(json.loads(text)["logits"], dtype=np.float32), y)
-        with open(os.path.join(args.models, base + ".expected.json"), "w") as f:
-            f.write(text + "\n")
-        print(
-            f"{base}: logits {list(y.shape)} std {y.std():.3f} (photo-dependent {photo_dep:.2f}), "
-            f"max softmax {p.max():.3f}, top-1 {y.argmax(1).tolist()}, "
-            f"ORT_ENABLE_ALL vs ORT_DISABLE_ALL rel {rel_opt:.1e}"
-        )
+        write_expected(path, args.models, names, x)
 
 
 if __name__ == "__main__":

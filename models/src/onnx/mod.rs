@@ -11,7 +11,15 @@
 //!   into the convolution before it; `MatMul` followed by `Add` of a constant is one dense
 //!   layer with its bias;
 //! - `Identity` and inference `Dropout` read their input through; `Constant` nodes are
-//!   tensors like initializers.
+//!   tensors like initializers;
+//! - what Keras models converted by tf2onnx look like ([`InputLayout::Nhwc`]): the input is
+//!   NHWC and a `Transpose` to NCHW follows it; before `Flatten` a `Transpose` takes the map
+//!   back to NHWC, and the `Reshape` after it reads a shape computed from the input's batch
+//!   (`Shape`, `Gather`, `Cast`, `Slice`, `Concat` along axis 0). The graph stays NCHW: both
+//!   `Transpose`s become layout marks on the values, the shape arithmetic is evaluated with
+//!   the batch left unknown, and the NHWC-order flatten is absorbed by permuting the rows of
+//!   the dense layer that reads it, so no node moves data. Any other `Transpose`, or a node
+//!   other than these reading an NHWC value, is an error.
 //!
 //! Anything else outside [`SUPPORTED_OPS`] and their attributes is an [`Error::Onnx`] naming
 //! the node, the op and what is supported. Sizes from the file are checked against the bytes
@@ -59,6 +67,11 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Identity",
     "Dropout",
     "Constant",
+    "Transpose",
+    "Shape",
+    "Gather",
+    "Cast",
+    "Slice",
 ];
 
 /// The oldest opset the importer reads (`Clip` and `Pad` take their bounds as inputs from 11).
@@ -79,9 +92,32 @@ pub struct Imported {
     pub opset: i64,
     /// `producer_name producer_version` from the file (e.g. `pytorch 2.5.1`).
     pub producer: String,
+    /// The layout of the file's input. The graph reads NCHW either way: an NHWC input's
+    /// transpose to NCHW is folded away, so callers feed the same batch to both.
+    pub input_layout: InputLayout,
     /// The names the file gives its input and output.
     pub input_name: String,
     pub output_name: String,
+}
+
+/// The layout of an ONNX file's image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputLayout {
+    /// `[N, 3, H, W]`, as PyTorch exports.
+    Nchw,
+    /// `[N, H, W, 3]`, as Keras models converted by tf2onnx take it.
+    Nhwc,
+}
+
+/// How an ONNX value's elements are laid out relative to the graph value it names, when
+/// not as the graph's own NCHW (or flat) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// The ONNX value is the graph's map transposed to `[N, H, W, C]`.
+    Nhwc,
+    /// The ONNX value is a `[N, H, W, C]` map flattened in that order: the graph's flatten
+    /// is in `C, H, W` order, so the dense layer reading it takes its rows permuted.
+    NhwcFlat { c: usize, h: usize, w: usize },
 }
 
 fn error(reason: impl Into<String>) -> Error {
@@ -135,6 +171,9 @@ enum Val {
     /// The graph value of this name, of this shape.
     Computed(String, Shape),
     Const(Constant),
+    /// A shape computed from a value's shape (tf2onnx's `Reshape` targets): known
+    /// dimensions, and `None` for the batch.
+    Dims(Vec<Option<i64>>),
 }
 
 /// A constant tensor: its dims and values, and the name it is stored under (once stored).
@@ -249,6 +288,9 @@ struct Importer<'a> {
     stored: HashSet<String>,
     input: GraphInput,
     input_name: String,
+    input_layout: InputLayout,
+    /// ONNX values (by name) not in the graph's own layout; absent means NCHW or flat.
+    layouts: HashMap<String, Layout>,
 }
 
 impl<'a> Importer<'a> {
@@ -290,8 +332,19 @@ impl<'a> Importer<'a> {
                     .collect()
             })
             .unwrap_or_default();
-        let size = match dims.as_slice() {
-            [_, c, h, w] => {
+        // Channels last and not first: an NHWC input (`[N, H, W, 3]`).
+        let input_layout = match dims.as_slice() {
+            [_, c, _, Some(3)] if *c != Some(3) => InputLayout::Nhwc,
+            _ => InputLayout::Nchw,
+        };
+        let size = match (dims.as_slice(), input_layout) {
+            ([_, h, w, _], InputLayout::Nhwc) => match (h, w) {
+                (Some(h), Some(w)) if *h > 0 && *w > 0 && *h <= 1 << 14 && *w <= 1 << 14 => {
+                    Some((*h as usize, *w as usize))
+                }
+                _ => None,
+            },
+            ([_, c, h, w], _) => {
                 if c.is_some_and(|c| c != 3) {
                     return Err(error(format!(
                         "input {:?} has {} channels; edgemm feeds RGB images in NCHW layout (3 channels second)",
@@ -306,8 +359,8 @@ impl<'a> Importer<'a> {
                     _ => None,
                 }
             }
-            [] => None,
-            other => {
+            ([], _) => None,
+            (other, _) => {
                 return Err(error(format!(
                     "input {:?} has {} dimensions; edgemm runs [N, 3, H, W] image inputs",
                     input.name,
@@ -321,6 +374,10 @@ impl<'a> Importer<'a> {
             w: size.map_or(graph::PROBE_SIZE.1, |s| s.1),
         };
         values.insert(input.name.clone(), Val::Computed(input.name.clone(), shape));
+        let mut layouts = HashMap::new();
+        if input_layout == InputLayout::Nhwc {
+            layouts.insert(input.name.clone(), Layout::Nhwc);
+        }
         let mut readers: HashMap<String, usize> = HashMap::new();
         for n in &onnx.node {
             for i in &n.input {
@@ -345,6 +402,8 @@ impl<'a> Importer<'a> {
                 size,
             },
             input_name: input.name.clone(),
+            input_layout,
+            layouts,
         })
     }
 
@@ -379,7 +438,9 @@ impl<'a> Importer<'a> {
         };
         let output_value = match self.values.get(&output.name) {
             Some(Val::Computed(name, _)) => name.clone(),
-            Some(Val::Const(_)) => return Err(error("the graph's output is a constant")),
+            Some(Val::Const(_) | Val::Dims(_)) => {
+                return Err(error("the graph's output is a constant"))
+            }
             None => {
                 return Err(error(format!(
                     "the output {:?} is computed by no node",
@@ -403,6 +464,7 @@ impl<'a> Importer<'a> {
             ends_in_softmax,
             opset: self.opset,
             producer,
+            input_layout: self.input_layout,
             input_name: self.input_name,
             output_name: output.name.clone(),
         })
@@ -416,10 +478,30 @@ impl<'a> Importer<'a> {
         })
     }
 
-    /// Input `k` of `node`, which must be computed by a node.
+    /// Input `k` of `node`, which must be computed by a node and in the graph's own layout.
     fn computed(&self, node: &NodeProto, k: usize) -> Result<(String, Shape)> {
-        match self.get(input_name(node, k)?)? {
-            Val::Computed(name, shape) => Ok((name.clone(), *shape)),
+        let (x, shape, layout) = self.computed_any(node, k)?;
+        match layout {
+            None => Ok((x, shape)),
+            Some(Layout::Nhwc) => Err(error(format!(
+                "input {k} is an NHWC map; edgemm reads NHWC values only through a Transpose to NCHW (perm [0, 3, 1, 2]) or a flatten into a dense layer"
+            ))),
+            Some(Layout::NhwcFlat { .. }) => Err(error(format!(
+                "input {k} is an NHWC map flattened in that order; edgemm reads it only as the input of a dense layer (MatMul or Gemm)"
+            ))),
+        }
+    }
+
+    /// Input `k` of `node`, computed by a node, with its layout (`None`: the graph's own).
+    fn computed_any(&self, node: &NodeProto, k: usize) -> Result<(String, Shape, Option<Layout>)> {
+        let onnx_name = input_name(node, k)?;
+        match self.get(onnx_name)? {
+            Val::Computed(name, shape) => {
+                Ok((name.clone(), *shape, self.layouts.get(onnx_name).copied()))
+            }
+            Val::Dims(_) => Err(error(format!(
+                "input {k} is a shape where edgemm expects a computed value"
+            ))),
             Val::Const(_) => Err(error(format!(
                 "input {k} is a constant where edgemm expects a computed value"
             ))),
@@ -430,7 +512,7 @@ impl<'a> Importer<'a> {
     fn constant(&self, node: &NodeProto, k: usize) -> Result<Constant> {
         match self.get(input_name(node, k)?)? {
             Val::Const(c) => Ok(c.clone()),
-            Val::Computed(..) => Err(error(format!(
+            Val::Computed(..) | Val::Dims(_) => Err(error(format!(
                 "input {k} is computed where edgemm needs a constant (an initializer)"
             ))),
         }
@@ -568,9 +650,15 @@ impl<'a> Importer<'a> {
             }
             "Identity" | "Dropout" => {
                 attrs.only(&["seed", "ratio"])?;
-                let v = self.get(input_name(node, 0)?)?.clone();
+                let from = input_name(node, 0)?;
+                let v = self.get(from)?.clone();
+                if let Some(&layout) = self.layouts.get(from) {
+                    self.layouts.insert(output_name(node)?.to_string(), layout);
+                }
                 self.alias(node, v)
             }
+            "Transpose" => self.transpose(node, &attrs),
+            "Shape" | "Gather" | "Cast" | "Slice" => self.shape_arithmetic(node, &attrs),
             "Conv" => self.conv(node, &attrs),
             "BatchNormalization" => {
                 attrs.only(&["epsilon", "momentum", "training_mode", "spatial"])?;
@@ -669,14 +757,17 @@ impl<'a> Importer<'a> {
             "Gemm" => self.gemm(node, &attrs),
             "MatMul" => {
                 attrs.only(&[])?;
-                let (x, _) = self.computed(node, 0)?;
-                let w = self.constant(node, 1)?;
+                let (x, order) = self.dense_input(node)?;
+                let mut w = self.constant(node, 1)?;
                 let [inputs, outputs] = w.dims[..] else {
                     return Err(error(format!(
                         "multiplies by a {:?} tensor; edgemm reads [in, out] weights",
                         w.dims
                     )));
                 };
+                if let Some(chw) = order {
+                    w = rows_to_nchw(&w, chw, DenseLayout::InOut)?;
+                }
                 let out = output_name(node)?;
                 let weight = self.store(&w, vec![inputs, outputs], format!("{out}.weight"))?;
                 let dense = Dense {
@@ -695,31 +786,51 @@ impl<'a> Importer<'a> {
                         "axis other than 1; edgemm flattens [N, ...] to [N, features]",
                     ));
                 }
-                let (x, _) = self.computed(node, 0)?;
-                self.push(node, Op::Flatten, vec![x])
+                self.flatten(node)
             }
             "Reshape" => {
                 attrs.only(&["allowzero"])?;
-                let (x, shape) = self.computed(node, 0)?;
-                let target = self.constant(node, 1)?;
-                let flat = match target.values[..] {
-                    [n, f] => {
-                        (n == 0.0 || n == -1.0 || n == 1.0)
-                            && (f == -1.0 || f == shape.numel() as f32)
+                let (_, shape, _) = self.computed_any(node, 0)?;
+                // [N, F] with N unknown (computed from the batch), 0 (copied), -1 or 1.
+                let target: Vec<Option<i64>> = match self.get(input_name(node, 1)?)? {
+                    Val::Dims(d) => d.clone(),
+                    _ => self
+                        .constant(node, 1)?
+                        .values
+                        .iter()
+                        .map(|&v| Some(v as i64))
+                        .collect(),
+                };
+                let flat = match target[..] {
+                    [n, Some(f)] => {
+                        matches!(n, None | Some(-1..=1)) && (f == -1 || f == shape.numel() as i64)
                     }
                     _ => false,
                 };
                 if !flat {
+                    let shown: Vec<String> = target
+                        .iter()
+                        .map(|d| d.map_or("batch".to_string(), |d| d.to_string()))
+                        .collect();
                     return Err(error(format!(
-                        "to shape {:?}: edgemm reshapes only [N, ...] to [N, features]",
-                        target.values
+                        "to shape [{}]: edgemm reshapes only [N, ...] to [N, features]",
+                        shown.join(", ")
                     )));
                 }
-                self.push(node, Op::Flatten, vec![x])
+                self.flatten(node)
             }
             "Concat" => {
                 attrs.only(&["axis"])?;
                 let axis = attrs.int("axis", 1);
+                let is_shape = |k: usize| {
+                    matches!(
+                        input_name(node, k).and_then(|n| self.get(n)),
+                        Ok(Val::Dims(_) | Val::Const(_))
+                    )
+                };
+                if axis == 0 && (0..node.input.len()).all(is_shape) {
+                    return self.shape_arithmetic(node, &attrs);
+                }
                 if axis != 1 && axis != -3 {
                     return Err(error(format!(
                         "axis {axis}: edgemm joins maps along channels (axis 1)"
@@ -781,6 +892,182 @@ impl<'a> Importer<'a> {
                 SUPPORTED_OPS.join(", ")
             ))),
         }
+    }
+
+    /// `Flatten`, or a `Reshape` to `[N, features]`: one flatten node. An NHWC map flattens
+    /// in H, W, C order; the graph flattens in C, H, W order and marks the value so that the
+    /// dense layer reading it permutes its rows to match.
+    fn flatten(&mut self, node: &NodeProto) -> Result<()> {
+        let (x, shape, layout) = self.computed_any(node, 0)?;
+        let order = match (layout, shape) {
+            (None, _) => None,
+            (Some(Layout::Nhwc), Shape::Map { c, h, w }) => Some(Layout::NhwcFlat { c, h, w }),
+            (Some(layout), _) => {
+                return Err(error(format!(
+                "flattens a {shape} value in {layout:?} layout; edgemm flattens NCHW and NHWC maps"
+            )))
+            }
+        };
+        self.push(node, Op::Flatten, vec![x])?;
+        if let Some(order) = order {
+            self.layouts.insert(output_name(node)?.to_string(), order);
+        }
+        Ok(())
+    }
+
+    /// The input of a dense layer: the graph value, and the `(c, h, w)` of the map it was
+    /// flattened from when that was in NHWC order.
+    fn dense_input(&self, node: &NodeProto) -> Result<(String, Option<[usize; 3]>)> {
+        let (x, shape, layout) = self.computed_any(node, 0)?;
+        match layout {
+            None => Ok((x, None)),
+            Some(Layout::NhwcFlat { c, h, w }) => Ok((x, Some([c, h, w]))),
+            Some(Layout::Nhwc) => Err(error(format!(
+                "multiplies a {shape} map in NHWC layout; edgemm multiplies flat features"
+            ))),
+        }
+    }
+
+    /// The two `Transpose`s a Keras model converted by tf2onnx holds (see the module doc):
+    /// NHWC to NCHW (`perm [0, 3, 1, 2]`) of a value in NHWC layout, and NCHW to NHWC
+    /// (`[0, 2, 3, 1]`) of a map. Neither moves data: the output names the same graph value
+    /// in the other layout.
+    fn transpose(&mut self, node: &NodeProto, attrs: &Attributes) -> Result<()> {
+        attrs.only(&["perm"])?;
+        let (x, shape, layout) = self.computed_any(node, 0)?;
+        let perm = attrs.ints("perm");
+        let out = output_name(node)?.to_string();
+        let to = match (&perm[..], layout, shape) {
+            ([0, 3, 1, 2], Some(Layout::Nhwc), _) => None,
+            ([0, 2, 3, 1], None, Shape::Map { .. }) => Some(Layout::Nhwc),
+            _ => {
+                let from = match layout {
+                    None => "NCHW or flat".to_string(),
+                    Some(l) => format!("{l:?}"),
+                };
+                return Err(error(format!(
+                    "perm {perm:?} of a {shape} value in {from} layout; edgemm reads Transpose only from NHWC to NCHW (perm [0, 3, 1, 2], after an NHWC input) and from NCHW to NHWC (perm [0, 2, 3, 1], before a flatten)"
+                )));
+            }
+        };
+        let v = Val::Computed(x, shape);
+        match to {
+            Some(layout) => self.layouts.insert(out, layout),
+            None => self.layouts.remove(&out),
+        };
+        self.alias(node, v)
+    }
+
+    /// The shape arithmetic before tf2onnx's flatten `Reshape`: `Shape` of a computed
+    /// value (its ONNX dims, batch unknown), `Gather` of constant indices, `Cast` between
+    /// integer types, `Slice` with step 1 and `Concat` along axis 0, over one-dimensional
+    /// shapes and constants.
+    fn shape_arithmetic(&mut self, node: &NodeProto, attrs: &Attributes) -> Result<()> {
+        let dims_of = |k: usize| -> Result<Vec<Option<i64>>> {
+            match self.get(input_name(node, k)?)? {
+                Val::Dims(d) => Ok(d.clone()),
+                Val::Const(c) if c.dims.len() <= 1 => {
+                    Ok(c.values.iter().map(|&v| Some(v as i64)).collect())
+                }
+                Val::Const(c) => Err(error(format!(
+                    "input {k} is a constant of dims {:?}; edgemm evaluates one-dimensional shapes",
+                    c.dims
+                ))),
+                Val::Computed(..) => Err(error(format!(
+                    "input {k} is computed where edgemm expects a shape or a constant"
+                ))),
+            }
+        };
+        let ints = |k: usize| -> Result<Vec<i64>> {
+            let c = self.constant(node, k)?;
+            Ok(c.values.iter().map(|&v| v as i64).collect())
+        };
+        let dims = match node.op_type.as_str() {
+            "Shape" => {
+                attrs.only(&[])?;
+                let (_, shape, layout) = self.computed_any(node, 0)?;
+                let known: Vec<usize> = match (shape, layout) {
+                    (Shape::Map { c, h, w }, None) => vec![c, h, w],
+                    (Shape::Map { c, h, w }, Some(Layout::Nhwc)) => vec![h, w, c],
+                    _ => vec![shape.numel()],
+                };
+                std::iter::once(None)
+                    .chain(known.into_iter().map(|d| Some(d as i64)))
+                    .collect()
+            }
+            "Gather" => {
+                attrs.only(&["axis"])?;
+                if attrs.int("axis", 0) != 0 {
+                    return Err(error("axis other than 0 on a shape"));
+                }
+                let data = dims_of(0)?;
+                ints(1)?
+                    .into_iter()
+                    .map(|i| {
+                        let at = if i < 0 { i + data.len() as i64 } else { i };
+                        usize::try_from(at)
+                            .ok()
+                            .and_then(|at| data.get(at).copied())
+                            .ok_or_else(|| {
+                                error(format!("index {i} outside a shape of {}", data.len()))
+                            })
+                    })
+                    .collect::<Result<_>>()?
+            }
+            "Cast" => {
+                attrs.only(&["to"])?;
+                let to = attrs.int("to", 0) as i32;
+                if let Val::Computed(..) = self.get(input_name(node, 0)?)? {
+                    if to != data_type::FLOAT {
+                        return Err(error(format!(
+                            "to data type {to}: edgemm computes float32 values"
+                        )));
+                    }
+                    let (x, _, _) = self.computed_any(node, 0)?;
+                    let v = self.get(&x)?.clone();
+                    return self.alias(node, v);
+                }
+                if to != data_type::INT32 && to != data_type::INT64 {
+                    return Err(error(format!(
+                        "to data type {to} on a shape; edgemm casts shapes between int32 and int64"
+                    )));
+                }
+                dims_of(0)?
+            }
+            "Slice" => {
+                attrs.only(&[])?;
+                let data = dims_of(0)?;
+                let (starts, ends) = (ints(1)?, ints(2)?);
+                let axes = match self.optional_constant(node, 3)? {
+                    Some(c) => c.values.iter().map(|&v| v as i64).collect(),
+                    None => vec![0],
+                };
+                let steps = match self.optional_constant(node, 4)? {
+                    Some(c) => c.values.iter().map(|&v| v as i64).collect(),
+                    None => vec![1],
+                };
+                let ([start], [end], [0 | -1], [1]) =
+                    (&starts[..], &ends[..], &axes[..], &steps[..])
+                else {
+                    return Err(error(format!(
+                        "starts {starts:?}, ends {ends:?}, axes {axes:?}, steps {steps:?}: edgemm slices one-dimensional shapes with step 1"
+                    )));
+                };
+                let len = data.len() as i64;
+                let clamp = |i: i64| (if i < 0 { i + len } else { i }).clamp(0, len) as usize;
+                let (start, end) = (clamp(*start), clamp(*end));
+                data[start..end.max(start)].to_vec()
+            }
+            _ => {
+                // Concat along axis 0, checked by the caller.
+                let mut joined = Vec::new();
+                for k in 0..node.input.len() {
+                    joined.extend(dims_of(k)?);
+                }
+                joined
+            }
+        };
+        self.alias(node, Val::Dims(dims))
     }
 
     fn activation(&mut self, node: &NodeProto, function: Activation) -> Result<()> {
@@ -914,7 +1201,7 @@ impl<'a> Importer<'a> {
         if attrs.int("transA", 0) != 0 {
             return Err(error("transA = 1: edgemm multiplies [N, in] features"));
         }
-        let (x, _) = self.computed(node, 0)?;
+        let (x, order) = self.dense_input(node)?;
         let mut w = self.constant(node, 1)?;
         let [a, b] = w.dims[..] else {
             return Err(error(format!("B of dims {:?} is not a matrix", w.dims)));
@@ -924,6 +1211,9 @@ impl<'a> Importer<'a> {
         } else {
             DenseLayout::InOut
         };
+        if let Some(chw) = order {
+            w = rows_to_nchw(&w, chw, layout)?;
+        }
         let (inputs, outputs) = match layout {
             DenseLayout::OutIn => (b, a),
             DenseLayout::InOut => (a, b),
@@ -973,6 +1263,13 @@ impl<'a> Importer<'a> {
     fn arithmetic(&mut self, node: &NodeProto, attrs: &Attributes) -> Result<()> {
         attrs.only(&[])?;
         let op = node.op_type.as_str();
+        for k in 0..2 {
+            if let Some(layout) = self.layouts.get(input_name(node, k)?) {
+                return Err(error(format!(
+                    "input {k} is in {layout:?} layout; edgemm applies {op} to NCHW maps and flat features"
+                )));
+            }
+        }
         let a = self.get(input_name(node, 0)?)?.clone();
         let b = self.get(input_name(node, 1)?)?.clone();
         if let (Val::Computed(x, _), Val::Computed(y, _), "Mul") = (&a, &b, op) {
@@ -996,6 +1293,9 @@ impl<'a> Importer<'a> {
             (Val::Const(_), Val::Const(_)) => Err(error(
                 "arithmetic on two constants (fold constants before exporting, e.g. onnx-simplifier)",
             )),
+            (Val::Dims(_), _) | (_, Val::Dims(_)) => Err(error(format!(
+                "{op} on a shape; edgemm evaluates shapes through Shape, Gather, Cast, Slice and Concat only"
+            ))),
         }
     }
 
@@ -1102,6 +1402,52 @@ impl<'a> Importer<'a> {
         };
         self.push(node, Op::BatchNorm(bn), vec![x])
     }
+}
+
+/// A dense weight whose input rows follow a `[H, W, C]` flatten, with its rows reordered
+/// for the graph's `[C, H, W]` flatten (`layout` says whether inputs are the rows of the
+/// matrix, [`DenseLayout::InOut`], or its columns).
+fn rows_to_nchw(w: &Constant, [c, h, wd]: [usize; 3], layout: DenseLayout) -> Result<Constant> {
+    let (rows, cols) = (w.dims[0], w.dims[1]);
+    let inputs = match layout {
+        DenseLayout::InOut => rows,
+        DenseLayout::OutIn => cols,
+    };
+    if inputs != c * h * wd {
+        return Err(error(format!(
+            "weight of dims {:?} for {} features (a {c}x{h}x{wd} map)",
+            w.dims,
+            c * h * wd
+        )));
+    }
+    // Graph input i = (ch, y, x) in C, H, W order reads the file's input (y, x, ch).
+    let file_input = |i: usize| {
+        let (ch, yx) = (i / (h * wd), i % (h * wd));
+        yx * c + ch
+    };
+    let mut values = vec![0.0; w.values.len()];
+    match layout {
+        DenseLayout::InOut => {
+            for (i, row) in values.chunks_exact_mut(cols).enumerate() {
+                let from = file_input(i) * cols;
+                row.copy_from_slice(&w.values[from..from + cols]);
+            }
+        }
+        DenseLayout::OutIn => {
+            for (o, row) in values.chunks_exact_mut(cols).enumerate() {
+                let src = &w.values[o * cols..(o + 1) * cols];
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = src[file_input(i)];
+                }
+            }
+        }
+    }
+    // A new name: the file's tensor under its own name holds the other order.
+    Ok(Constant {
+        name: String::new(),
+        dims: w.dims.clone(),
+        values,
+    })
 }
 
 fn node_label(node: &NodeProto) -> &str {
