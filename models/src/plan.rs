@@ -52,6 +52,8 @@ pub(crate) enum Op {
     Binary(BinaryOp, Option<graph::Activation>),
     /// NHWC to NCHW-ordered flat features.
     Flatten,
+    /// Softmax over the channels of a 1x1 map (flat features).
+    Softmax,
     Concat,
     /// A node the kernels cannot run, as candle ops over converted copies of its inputs.
     /// `flat` says which inputs are flat features rather than maps.
@@ -96,6 +98,7 @@ impl Op {
             Op::Binary(BinaryOp::Add, _) => "add".into(),
             Op::Binary(BinaryOp::Mul, _) => "mul".into(),
             Op::Flatten => "flatten".into(),
+            Op::Softmax => "softmax".into(),
             Op::Concat => "concat".into(),
             Op::Fallback { op, .. } => format!("candle:{}", op.kind()),
         }
@@ -336,6 +339,7 @@ impl Plan {
                     }
                 }
                 Op::Flatten => (n, 1, 1, s.1 * s.2 * s.3),
+                Op::Softmax => (n, 1, 1, s.1 * s.2 * s.3),
                 Op::Concat => {
                     let c = step.inputs.iter().map(|v| shapes[v.0].3).sum();
                     (n, s.1, s.2, c)
@@ -430,6 +434,7 @@ impl Plan {
                 );
             }
             Op::Flatten => elementwise::flatten_nchw(input, s, &mut output),
+            Op::Softmax => elementwise::softmax(input, s.0, s.1 * s.2 * s.3, &mut output),
             Op::Concat => {
                 let parts: Vec<(&[f32], usize)> = step
                     .inputs

@@ -111,11 +111,9 @@ fn check_in(files: &Path, model: &str) {
         assert!(err <= 1e-4, "{model} on {name}, batch 1: {err:e}");
     }
     let steps = networks[1].1.steps().unwrap();
-    // The planner has no softmax step: a final softmax over [N, classes] (Keras heads end
-    // in one) runs as a candle op, which costs nothing next to the convolutions.
     let fallbacks: Vec<_> = steps
         .iter()
-        .filter(|s| s.path == "candle fallback" && s.kernel != "candle:softmax")
+        .filter(|s| s.path == "candle fallback")
         .collect();
     assert!(
         fallbacks.is_empty(),

@@ -7,14 +7,16 @@
 //!   ReLU6, 1x1 project + batch norm, and the residual add when it reads the block's input;
 //!   or the same without the expansion) becomes one fused [`MbConv`] step;
 //! - a dense convolution with its batch norm, a ReLU, ReLU6 or hard-swish, a residual add
-//!   and the add's activation becomes one [`Conv`] step (its fused epilogue, in that order), whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM)
-//!   the kernels choose from the layer's shape and, for a fixed input size, its map's side;
+//!   and the add's activation becomes one [`Conv`] step (its fused epilogue, in that
+//!   order), whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM) the
+//!   kernels choose from the layer's shape and, for a fixed input size, its map's side;
 //! - a depthwise convolution with its batch norm and ReLU/ReLU6 becomes a [`Depthwise`] step;
 //! - a dense layer with its ReLU/ReLU6 a [`Dense`] step; pools, activations, batch norm on its
 //!   own, adds and multiplies (with a following activation), flatten and concat their own
 //!   kernels;
-//! - any other node (a grouped or dilated convolution, a rectangular window, PReLU, pad,
-//!   softmax) runs as candle ops on copies of its inputs, and [`Plan::steps`] says so.
+//! - softmax over flat features its own kernel;
+//! - any other node (a grouped or dilated convolution, a rectangular window, PReLU, pad)
+//!   runs as candle ops on copies of its inputs, and [`Plan::steps`] says so.
 //!
 //! A node is fused into the one before it only when it is that node's sole reader and the
 //! value between them is not the graph's output, so fusing never hides a value another node
@@ -359,6 +361,7 @@ fn lower_node(
         }
         Op::AvgPool(p) => (Step::Pool(p.clone(), PoolKind::Average), vec![x], vec![i]),
         Op::Flatten => (Step::Flatten, vec![x], vec![i]),
+        Op::Softmax => (Step::Softmax, vec![x], vec![i]),
         Op::Concat => {
             let inputs = g.inputs[i]
                 .iter()

@@ -157,6 +157,25 @@ pub fn flatten_nchw(input: &[f32], (n, h, w, c): (usize, usize, usize, usize), o
     }
 }
 
+/// Softmax of each of `rows` rows of `width` values: `exp(x - max) / sum`, as candle's and
+/// ONNX Runtime's (the maximum subtracted first, so no row overflows).
+pub fn softmax(input: &[f32], rows: usize, width: usize, output: &mut [f32]) {
+    let (input, output) = (&input[..rows * width], &mut output[..rows * width]);
+    for (x, y) in input
+        .chunks_exact(width)
+        .zip(output.chunks_exact_mut(width))
+    {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for (x, y) in x.iter().zip(y.iter_mut()) {
+            *y = (x - max).exp();
+            sum += *y;
+        }
+        let inverse = 1.0 / sum;
+        y.iter_mut().for_each(|y| *y *= inverse);
+    }
+}
+
 /// Joins NHWC maps of `pixels` pixels along their channels.
 pub fn concat(inputs: &[(&[f32], usize)], pixels: usize, output: &mut [f32]) {
     let total: usize = inputs.iter().map(|(_, c)| c).sum();
