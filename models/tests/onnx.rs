@@ -170,6 +170,21 @@ fn efficientnet_lite0_matches_onnx_runtime() {
     check_in(&files, "efficientnet_lite0");
 }
 
+/// torchvision's full-size `mobilenet_v3_large`, `mobilenet_v3_small` and `resnet50`
+/// (seeded, 1000 classes, 10-100 MB each, so not committed: `export.py --set full` makes
+/// them, and CI does, into `target/onnx-models`).
+#[test]
+fn torchvision_full_size_models_match_onnx_runtime() {
+    let files = large_models();
+    for model in ["mobilenet_v3_large", "mobilenet_v3_small", "resnet50"] {
+        if !files.join(format!("{model}.onnx")).exists() {
+            eprintln!("skipped: {} has no {model}.onnx (models/reference/onnx/export.py --set full makes it)", files.display());
+            continue;
+        }
+        check_in(&files, model);
+    }
+}
+
 /// A VGG-style Keras model (Conv2D same + ReLU, MaxPooling2D, Flatten, Dense, softmax)
 /// converted by tf2onnx: NHWC input, the Flatten's Transpose back to NHWC and its computed
 /// Reshape shape, MatMul + Add.
