@@ -395,6 +395,7 @@ fn plan_block(b: &mut PlanBuilder, x: Value, shape: BlockShape, vb: &VarBuilder)
         (c_in, hidden, c_out),
         (k, s),
         Padding::TfSame,
+        Activation::Relu6,
         rayon::current_num_threads(),
     );
     let residual = (s == 1 && c_in == c_out).then_some(x);

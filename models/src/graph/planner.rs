@@ -3,9 +3,11 @@
 //! The planner walks the nodes in order and, at each one not yet covered, takes the largest
 //! pattern that starts there:
 //!
-//! - an inverted-residual block (1x1 expand + batch norm + ReLU6, depthwise + batch norm +
-//!   ReLU6, 1x1 project + batch norm, and the residual add when it reads the block's input;
-//!   or the same without the expansion) becomes one fused [`MbConv`] step;
+//! - an inverted-residual block (1x1 expand + batch norm + activation, depthwise + batch
+//!   norm + the same activation (ReLU6, ReLU or hard-swish), 1x1 project + batch norm, and
+//!   the residual add when it reads the block's input; or the same without the expansion)
+//!   becomes one fused [`MbConv`] step (a squeeze-excitation between depthwise and project
+//!   needs the whole map, so those blocks stay separate steps);
 //! - a dense convolution with its batch norm, a ReLU, ReLU6 or hard-swish, a residual add
 //!   and the add's activation becomes one [`Conv`] step (its fused epilogue, in that
 //!   order), whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM) the
@@ -400,14 +402,15 @@ fn lower_mbconv(
     let Op::Conv(first) = g.op(i) else {
         return Ok(None);
     };
-    let relu6 = |ch: &Chain| ch.activation == kernels::Activation::Relu6;
+    // One activation after the expansion and the depthwise layer, as MobileNets have.
+    let activated = |ch: &Chain| ch.activation != kernels::Activation::None;
     // The expansion, if the block has one: a pointwise convolution into the depthwise one.
     let (expand, depthwise_at) = if is_pointwise(first) {
         let ch = chain(g, i, true);
         let next = g.sole_reader(ch.last());
         match next {
             Some(j)
-                if relu6(&ch)
+                if activated(&ch)
                     && matches!(g.op(j), Op::Conv(c) if c.is_depthwise() && fast_conv(c)) =>
             {
                 (Some(ch), j)
@@ -430,7 +433,10 @@ fn lower_mbconv(
     let Op::Conv(project) = g.op(project_at) else {
         return Ok(None);
     };
-    if !relu6(&dw_chain) || !is_pointwise(project) {
+    let same_activation = expand
+        .as_ref()
+        .is_none_or(|ch| ch.activation == dw_chain.activation);
+    if !activated(&dw_chain) || !same_activation || !is_pointwise(project) {
         return Ok(None);
     }
     let project_chain = chain(g, project_at, true);
@@ -456,6 +462,7 @@ fn lower_mbconv(
         (c_in, hidden, c_out),
         (dw.kernel[0], dw.stride[0]),
         dw.pads.padding(),
+        dw_chain.activation,
         rayon::current_num_threads(),
     );
     let mut nodes: Vec<usize> = expand.map(|ch| ch.nodes).unwrap_or_default();

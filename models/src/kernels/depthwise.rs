@@ -147,8 +147,7 @@ multiversion! {
         };
         // Channel blocks outside, pixels inside: a block's k * k weight vectors stay in L1
         // (or registers) across the row instead of all channels' weights cycling through it.
-        for b in 0..blocks {
-            let c0 = b * LANES;
+        for c0 in block_starts(c) {
             for group in 0..groups {
                 let ox0 = first + group * GROUP;
                 // Input column of tap 0 of pixel ox0.
@@ -201,8 +200,7 @@ multiversion! {
             };
             (taps_x, at)
         };
-        for b in 0..blocks {
-            let c0 = b * LANES;
+        for c0 in block_starts(c) {
             for ox in edge.clone() {
                 let (taps_x, at) = window(ox);
                 let mut acc: [f32; LANES] = dw.bias[c0..c0 + LANES].try_into().unwrap();
@@ -228,8 +226,9 @@ multiversion! {
                 out[ox * c + c0..][..LANES].copy_from_slice(&acc);
             }
         }
+        // Fewer channels than a block: one value at a time.
         let c0 = blocks * LANES;
-        if c0 < c {
+        if blocks == 0 {
             for ox in 0..g.out_width {
                 let (taps_x, at) = window(ox);
                 let acc = &mut out[ox * c + c0..(ox + 1) * c];
@@ -276,8 +275,8 @@ pub(crate) fn depthwise_band(
 }
 
 /// Whether [`Depthwise::run`] and the fused blocks compute this layer with
-/// [`depthwise_rows`] on output rows `out_width` wide, rather than row by row: whole
-/// register blocks of channels, a window it has unrolled (those of EfficientNet-Lite0), and
+/// [`depthwise_rows`] on output rows `out_width` wide, rather than row by row: at least a
+/// register block of channels, a window it has unrolled (those of EfficientNet-Lite0), and
 /// a small map, where the row kernel's cut windows and weight reloads cost more than the
 /// padded copy. Single-thread medians (`cargo bench -p edgemm-models --bench depthwise`, the
 /// lowest of alternating runs), row kernel -> this one: 7x7x1152 5x5 94 -> 37 us, 3x3 42 ->
@@ -291,7 +290,18 @@ pub(crate) fn uses_rows_kernel(dw: &Depthwise, out_width: usize) -> bool {
         1 => out_width <= 28,
         _ => dw.kernel == 5 && out_width <= 14,
     };
-    dw.channels.is_multiple_of(LANES) && window && small
+    dw.channels >= LANES && window && small
+}
+
+/// The first channel of each register block of a layer of `c >= LANES` channels: whole
+/// blocks, then, when `c` is not a multiple of [`LANES`], one more ending at the last
+/// channel, which overlaps the one before it. Its overlapping channels are computed twice
+/// with the same operations in the same order, so both writes hold the same value; MobileNetV3's
+/// 72, 120, 184 and 200 channels stay on the vector path instead of a scalar tail.
+fn block_starts(c: usize) -> impl Iterator<Item = usize> + Clone {
+    let whole = c / LANES;
+    let tail = (whole > 0 && !c.is_multiple_of(LANES)).then(|| c - LANES);
+    (0..whole).map(|b| b * LANES).chain(tail)
 }
 
 multiversion! {
@@ -330,7 +340,7 @@ multiversion! {
         }
         let padded = &mut padded[..hp * wp * LANES];
         let inside = |at: usize, pad: usize, size: usize| at.checked_sub(pad).filter(|&i| i < size);
-        for c0 in (0..c).step_by(LANES) {
+        for c0 in block_starts(c) {
             for (py, dst) in padded.chunks_exact_mut(wp * LANES).enumerate() {
                 let Some(iy) = inside(rows.start * s + py, g.pad_top, g.height) else {
                     dst.fill(0.0);
@@ -464,8 +474,8 @@ mod tests {
     use crate::kernels::conv::tests::to_nhwc;
     use crate::kernels::testing::{max_relative_error, Rng};
 
-    /// Odd sizes, strides 1 and 2, kernels 3 and 5, both paddings, channel counts in whole
-    /// register blocks and with a remainder, every instruction set,
+    /// Odd sizes, strides 1 and 2, kernels 3 and 5, both paddings, channel counts below a
+    /// register block, in whole blocks and with a remainder, every instruction set,
     /// against the reference layer (candle ops).
     #[test]
     fn depthwise_matches_candle_reference() {
@@ -482,7 +492,12 @@ mod tests {
                 };
                 let (n, c, h, w) = (
                     1 + rng.below(2),
-                    [1 + rng.below(40), 16 * (1 + rng.below(3))][(case / 3) % 2],
+                    [
+                        1 + rng.below(40),
+                        16 * (1 + rng.below(3)),
+                        // MobileNetV3's 72, 120, 184, 200: a block overlapping the last.
+                        16 * (1 + rng.below(4)) + 8,
+                    ][(case / 3) % 3],
                     3 + rng.below(14),
                     3 + rng.below(14),
                 );

@@ -87,7 +87,9 @@ thread_local! {
 
 impl MbConv {
     /// `c_in -> hidden -> c_out` channels, a `kernel x kernel` depthwise window at `stride`,
-    /// the hidden channels cut into up to `parts` parts (the threads that will run it).
+    /// `activation` after the expansion and after the depthwise layer (ReLU6 in MobileNetV2
+    /// and EfficientNet-Lite, ReLU or hard-swish in MobileNetV3), the hidden channels cut
+    /// into up to `parts` parts (the threads that will run it).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         isa: Isa,
@@ -95,6 +97,7 @@ impl MbConv {
         (c_in, hidden, c_out): (usize, usize, usize),
         (kernel, stride): (usize, usize),
         padding: Padding,
+        activation: Activation,
         parts: usize,
     ) -> Self {
         let (dw_weight, dw_bias) = &weights.depthwise;
@@ -131,7 +134,7 @@ impl MbConv {
                         (c_in, c1 - c0, 1),
                         1,
                         Padding::TfSame,
-                        Activation::Relu6,
+                        activation,
                     )
                 });
                 let depthwise = Depthwise::new(
@@ -139,7 +142,7 @@ impl MbConv {
                     dw_bias[c0..c1].to_vec(),
                     (c1 - c0, kernel, stride),
                     padding,
-                    Activation::Relu6,
+                    activation,
                 );
                 let project = PackedB::new(isa, c1 - c0, c_out, |p, o| {
                     project_weight[o * hidden + c0 + p]
@@ -455,7 +458,7 @@ mod tests {
 
     /// The fused block against its three layers run one after another (each of which the
     /// conv and depthwise tests check against candle): every instruction set, kernels 3 and
-    /// 5, strides 1 and 2, with and without expansion and residual, one part and several,
+    /// 5, strides 1 and 2, ReLU6, ReLU and hard-swish, with and without expansion and residual, one part and several,
     /// maps run by rows (one band and many) and by channels, batches of one and three.
     #[test]
     fn fused_block_matches_its_layers_run_in_turn() {
@@ -478,6 +481,8 @@ mod tests {
                     [5, 14, 23, 120][rng.below(4)] + rng.below(3),
                     4 + rng.below(40),
                 );
+                let activation = [Activation::Relu6, Activation::Relu, Activation::HardSwish]
+                    [(case + case / 3) % 3];
                 let weights = MbConvWeights {
                     expand: (expand_ratio != 1).then(|| (rng.vec(hidden * c_in), rng.vec(hidden))),
                     depthwise: (rng.vec(hidden * kernel * kernel), rng.vec(hidden)),
@@ -488,7 +493,7 @@ mod tests {
                     weights.depthwise.1.clone(),
                     (hidden, kernel, stride),
                     Padding::TfSame,
-                    Activation::Relu6,
+                    activation,
                 );
                 let x = rng.vec(n * h * w * c_in);
                 let g = depthwise.geometry((n, h, w));
@@ -500,7 +505,7 @@ mod tests {
                 let mut hidden_x = x.clone();
                 if let Some((ew, eb)) = &weights.expand {
                     hidden_x = vec![0.0; n * h * w * hidden];
-                    pointwise(isa, ew, eb, c_in, hidden, Activation::Relu6).run(
+                    pointwise(isa, ew, eb, c_in, hidden, activation).run(
                         isa,
                         &x,
                         (n, h, w),
@@ -530,6 +535,7 @@ mod tests {
                     (c_in, hidden, c_out),
                     (kernel, stride),
                     Padding::TfSame,
+                    activation,
                     parts,
                 );
                 let mut out = vec![f32::NAN; out_len + 7];
