@@ -13,7 +13,10 @@ case "$target" in
     armv7-unknown-linux-gnueabihf) strip=arm-linux-gnueabihf-strip ;;
     *) echo "unsupported target $target" >&2; exit 2 ;;
 esac
-cargo build --config cross/config.toml --target "$target" --release -p edgemm
+# The libraries (edgemm) and the CLI (edgemm-cli). After a `cross/test.sh` run whose selection
+# resolves the same features (cross/README.md#in-ci) this compiles at most the CLI crate: the
+# dependencies and the libraries are shared with the tests' build (CI relies on that).
+cargo build --config cross/config.toml --target "$target" --release -p edgemm -p edgemm-cli
 out=${CARGO_TARGET_DIR:-target}/$target/release
 "$strip" -o "$out/edgemm.stripped" "$out/edgemm"
 printf '%s\n' "sizes for $target:"

@@ -8,11 +8,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root"
 
-cargo build -p edgemm
+# The libraries, and the CLI (edgemm-cli) that packs the tiny test models.
+cargo build -p edgemm -p edgemm-cli
 target_dir=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)
 edgemm=$target_dir/debug/edgemm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# The example uses the default cache directory: keep it in the work directory, so a run
+# neither depends on nor writes to the user's ~/.cache/edgemm (which edgemm refuses when it
+# holds files edgemm did not create).
+export EDGEMM_CACHE_DIR="$work/cache-example"
 
 # A repository of tiny models (fast under valgrind) and a corrupt artifact.
 mkdir -p "$work/repo"

@@ -103,6 +103,42 @@ static void test_null_arguments(void) {
     edgemm_runtime_free(real);
 }
 
+/* Issue #22, item 1: edgemm owns its cache directory. "" is refused rather than read as the
+ * current directory, and a directory holding files edgemm did not create (here the repository
+ * itself) is refused with nothing in it deleted. */
+static void test_cache_dir_must_be_edgemms_own(void) {
+    edgemm_runtime_options o = edgemm_runtime_default_options();
+    o.repository = repo;
+    edgemm_runtime *rt = NULL;
+    o.cache_dir = "";
+    CHECK_STATUS(edgemm_runtime_new(&o, &rt), EDGEMM_ERR_INVALID_ARGUMENT, "empty path");
+    o.cache_dir = repo;
+    CHECK_STATUS(edgemm_runtime_new(&o, &rt), EDGEMM_ERR_INVALID_ARGUMENT, "did not create");
+    CHECK(rt == NULL);
+    /* The repository is whole: its model still loads. */
+    rt = new_runtime(0);
+    CHECK(edgemm_model_load(rt, "tiny.tar.gz") == EDGEMM_OK);
+    edgemm_runtime_free(rt);
+}
+
+/* Issue #22, item 4: every count in the runtime options is bounded, and the message names the
+ * field and its range. */
+static void test_runtime_option_bounds(void) {
+    const char *fields[] = {"options->top_k", "options->max_image_bytes", "options->max_image_side",
+                            "options->max_aspect_ratio"};
+    for (int i = 0; i < 4; i++) {
+        edgemm_runtime_options o = edgemm_runtime_default_options();
+        o.repository = repo;
+        o.cache_dir = cache_dir;
+        uint32_t *field[] = {&o.top_k, &o.max_image_bytes, &o.max_image_side, &o.max_aspect_ratio};
+        *field[i] = UINT32_MAX;
+        edgemm_runtime *rt = NULL;
+        CHECK_STATUS(edgemm_runtime_new(&o, &rt), EDGEMM_ERR_INVALID_ARGUMENT, fields[i]);
+        CHECK(strstr(edgemm_last_error_message(), "outside its range") != NULL);
+        CHECK(rt == NULL);
+    }
+}
+
 static void test_free_null_is_a_no_op(void) {
     edgemm_runtime_free(NULL);
     edgemm_result_free(NULL);
@@ -143,12 +179,16 @@ static void test_error_paths(void) {
     edgemm_runtime_free(rt);
 
     /* Too big for the budget: 507's equivalent, and the small model keeps serving. */
-    rt = new_runtime(8192);
+    rt = new_runtime(65536); /* tiny holds ~12 KB (packed weights + activations), big ~200 KB */
     CHECK_STATUS(edgemm_model_load(rt, "big.tar.gz"), EDGEMM_ERR_INSUFFICIENT_MEMORY,
                  "larger than the whole budget");
     CHECK(edgemm_invoke_tensor(rt, "tiny.tar.gz", data, shape, 3, &result) == EDGEMM_OK);
-    CHECK(strcmp(edgemm_last_error_message(), "") == 0);
     edgemm_result_free(result);
+    /* Issue #22, item 9: like errno, the message stays until the next failing call; successful
+     * calls (an invoke, a free of NULL) do not clear it. */
+    edgemm_runtime_free(NULL);
+    CHECK(strstr(edgemm_last_error_message(), "larger than the whole budget") != NULL);
+    CHECK_STATUS(edgemm_model_load(rt, "missing.tar.gz"), EDGEMM_ERR_NOT_FOUND, "not found");
     edgemm_runtime_free(rt);
 }
 
@@ -399,6 +439,19 @@ static void test_pipeline_arguments(void) {
     o.hold_frames = 0;
     CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
                  EDGEMM_ERR_INVALID_ARGUMENT, "hold_frames");
+    /* Issue #22, item 4: counts are bounded before anything is sized by them (UINT32_MAX
+     * workers used to abort the process allocating a channel). */
+    o = edgemm_pipeline_default_options();
+    o.workers = UINT32_MAX;
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "options->workers is 4294967295, outside its range 1..=64");
+    o.workers = 0;
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "options->workers is 0");
+    o = edgemm_pipeline_default_options();
+    o.hold_frames = UINT32_MAX;
+    CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
+                 EDGEMM_ERR_INVALID_ARGUMENT, "options->hold_frames is 4294967295");
     o = edgemm_pipeline_default_options();
     o.yuv_range = (edgemm_yuv_range)7;
     CHECK_STATUS(edgemm_pipeline_new(rt, "tiny.tar.gz", &o, on_event, &s, &p),
@@ -507,6 +560,8 @@ int main(int argc, char **argv) {
     test_version();
     test_null_arguments();
     test_free_null_is_a_no_op();
+    test_cache_dir_must_be_edgemms_own();
+    test_runtime_option_bounds();
     test_error_paths();
     test_results_and_cache_verbs();
     test_panic_boundary();

@@ -1,8 +1,8 @@
-//! Inference-only building blocks shared by the architectures.
+//! candle building blocks of the reference path (the graph's candle ops), also used by training.
 //!
 //! Batch norm is folded into a per-channel scale and shift when it is loaded, and depthwise
 //! convolution is computed tap by tap: candle's grouped convolution loops over the groups and
-//! is about ten times slower for depthwise layers (DESIGN.md, performance facts).
+//! is about ten times slower for depthwise layers (docs/design.md#performance-facts).
 
 use candle_core::{DType, IndexOp, Module, Tensor, D};
 use candle_nn::VarBuilder;
@@ -29,7 +29,7 @@ pub enum Padding {
 
 impl Padding {
     /// Zeros above and below a map of `height` rows, and the output height.
-    pub(crate) fn rows(self, height: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    pub fn rows(self, height: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
         match self {
             Padding::Explicit { top, bottom, .. } => fixed(top, bottom, height, kernel, stride),
             _ => self.either_axis(height, kernel, stride),
@@ -37,7 +37,7 @@ impl Padding {
     }
 
     /// Zeros left and right of a map of `width` columns, and the output width.
-    pub(crate) fn cols(self, width: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
+    pub fn cols(self, width: usize, kernel: usize, stride: usize) -> (usize, usize, usize) {
         match self {
             Padding::Explicit { left, right, .. } => fixed(left, right, width, kernel, stride),
             _ => self.either_axis(width, kernel, stride),
@@ -84,10 +84,6 @@ pub struct Conv2d {
     bias: Option<Tensor>,
     stride: usize,
     padding: Padding,
-    /// Pointwise products (and their gradients) on the packed GEMM, see
-    /// [`Conv2d::use_training_kernel`].
-    #[cfg(feature = "train")]
-    training_kernel: bool,
 }
 
 impl Conv2d {
@@ -120,27 +116,17 @@ impl Conv2d {
             weight,
             stride,
             padding,
-            #[cfg(feature = "train")]
-            training_kernel: false,
         }
     }
 
-    /// From now on, a pointwise convolution's product and both its gradients run on the
-    /// packed GEMM ([`crate::train::kernels::MatMul`]) instead of candle's matmul: the same
-    /// function, faster to train.
-    #[cfg(feature = "train")]
-    pub(crate) fn use_training_kernel(&mut self) {
-        self.training_kernel = true;
+    /// The OIHW weight (the variable itself, when loaded from a `VarMap`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
     }
 
-    /// `pixels [M, C] · weightᵀ` for a `[O, C]` weight.
-    fn pointwise(&self, pixels: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "train")]
-        if self.training_kernel {
-            let op = crate::train::kernels::MatMul::new(false, true);
-            return Ok(pixels.contiguous()?.apply_op2(weight, op)?);
-        }
-        Ok(pixels.matmul(&weight.t()?)?)
+    /// The bias, shaped `[1, out, 1, 1]`.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -152,7 +138,7 @@ impl Conv2d {
             // through conv_transpose2d, several times slower than the product's own.
             let o = self.weight.dim(0)?;
             let pixels = x.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?;
-            let y = self.pointwise(&pixels, &self.weight.reshape((o, c))?)?;
+            let y = pixels.matmul(&self.weight.reshape((o, c))?.t()?)?;
             let y = y
                 .reshape((n, h, w, o))?
                 .permute((0, 3, 1, 2))?
@@ -182,15 +168,11 @@ impl Conv2d {
 pub struct DepthwiseConv2d {
     /// `taps[i * k + j]` is the `[1, C, 1, 1]` column of weights for kernel position (i, j).
     taps: Vec<Tensor>,
+    /// The `[C, 1, k, k]` weight the taps were cut from (the variable itself, from a `VarMap`).
+    weight: Tensor,
     kernel: usize,
     stride: usize,
     padding: Padding,
-    /// The `[C, 1, k, k]` weights, for the training kernel.
-    #[cfg(feature = "train")]
-    weight: Tensor,
-    /// Run [`crate::train::kernels::DepthwiseConv`] (hand-written gradients) instead.
-    #[cfg(feature = "train")]
-    training_kernel: bool,
 }
 
 impl DepthwiseConv2d {
@@ -208,6 +190,16 @@ impl DepthwiseConv2d {
         )
     }
 
+    /// The `[channels, 1, kernel, kernel]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The stride and padding.
+    pub fn geometry(&self) -> (usize, Padding) {
+        (self.stride, self.padding)
+    }
+
     /// `weight` is `[channels, 1, kernel, kernel]`.
     pub fn from_tensor(weight: Tensor, stride: usize, padding: Padding) -> Result<Self> {
         let (channels, _, kernel, _) = weight.dims4()?;
@@ -219,36 +211,14 @@ impl DepthwiseConv2d {
         }
         Ok(Self {
             taps,
+            weight,
             kernel,
             stride,
             padding,
-            #[cfg(feature = "train")]
-            weight,
-            #[cfg(feature = "train")]
-            training_kernel: false,
         })
     }
 
-    /// From now on, forward with the training kernel: the same function, with gradients
-    /// several times cheaper to compute than through the generic ops.
-    #[cfg(feature = "train")]
-    pub(crate) fn use_training_kernel(&mut self) {
-        self.training_kernel = true;
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        #[cfg(feature = "train")]
-        if self.training_kernel {
-            let op = crate::train::kernels::DepthwiseConv {
-                stride: self.stride,
-                padding: self.padding,
-            };
-            return Ok(crate::train::kernels::depthwise_conv2d(
-                x,
-                &self.weight,
-                op,
-            )?);
-        }
         let (n, c, h, w) = x.dims4()?;
         let (k, s) = (self.kernel, self.stride);
         let (top, _, h_out) = self.padding.rows(h, k, s);

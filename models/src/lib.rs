@@ -12,8 +12,8 @@
 //!
 //! Every network takes an `[N, 3, H, W]` f32 batch (NCHW, already normalised) and returns
 //! `[N, classes]` logits. Weight names mirror the checkpoints the architectures come from
-//! (torchvision for VGG16, efficientnet_pytorch for EfficientNet-Lite0), so those load
-//! without a renaming table.
+//! (torchvision for VGG16, MobileNetV3 and ResNet, efficientnet_pytorch for
+//! EfficientNet-Lite0), so those load without a renaming table.
 //!
 //! ```
 //! use edgemm_models::{architecture, init};
@@ -37,11 +37,12 @@ pub mod golden;
 pub mod graph;
 pub mod init;
 pub mod kernels;
-mod layers;
+pub mod layers;
+pub mod mobilenet_v3;
 pub mod onnx;
 mod plan;
-#[cfg(feature = "train")]
-pub mod train;
+pub mod resnet;
+mod torch;
 pub mod vgg16;
 
 use candle_core::Tensor;
@@ -129,64 +130,48 @@ pub trait Classifier: Send + Sync {
 /// `(height, width)` in pixels.
 pub type InputSize = (usize, usize);
 
-/// A registry entry. The function pointers take the manifest's config JSON; missing keys take
-/// the architecture's defaults and unknown keys are refused.
+/// A registry entry: a network described once, as a [`Graph`] built from the manifest's
+/// config (missing keys take the architecture's defaults, unknown keys are refused), and read
+/// from it three ways: the tensors a weights file must hold, the candle reference, and the
+/// plan over the fast kernels.
 pub struct Architecture {
     pub name: &'static str,
     /// One line for `edgemm inspect` and error messages.
     pub summary: &'static str,
-    tensor_specs: fn(&serde_json::Value) -> Result<Vec<TensorSpec>>,
-    input_size: fn(&serde_json::Value) -> Result<Option<InputSize>>,
-    num_classes: fn(&serde_json::Value) -> Result<usize>,
-    build: fn(&serde_json::Value, VarBuilder) -> Result<Box<dyn Classifier>>,
-    plan: fn(&serde_json::Value, VarBuilder, Isa) -> Result<Plan>,
-    /// The graph describing the network, for architectures described by one.
-    graph: Option<fn(&serde_json::Value) -> Result<Graph>>,
+    graph: fn(&serde_json::Value) -> Result<Graph>,
 }
 
-/// The registry entry of an architecture described by a [`Graph`]: `$graph` builds it from
-/// the config, and every entry point is read from it.
+/// The registry entry of an architecture whose graph `$graph` builds from the config.
 macro_rules! graph_architecture {
     ($name:expr, $summary:expr, $graph:path) => {
         $crate::Architecture {
             name: $name,
             summary: $summary,
-            tensor_specs: |config| $graph(config)?.tensor_specs(),
-            input_size: |config| Ok($graph(config)?.input.size),
-            num_classes: |config| $graph(config)?.classes(),
-            build: |config, vb| {
-                Ok(Box::new($crate::graph::reference::GraphNetwork::new(
-                    &$graph(config)?,
-                    vb,
-                )?))
-            },
-            plan: |config, vb, isa| $crate::graph::planner::plan(&$graph(config)?, &vb, isa, $name),
-            graph: Some($graph),
+            graph: $graph,
         }
     };
 }
 pub(crate) use graph_architecture;
 
 impl Architecture {
-    /// The graph describing the network, for architectures described by one (the graph
-    /// carried in a manifest, MobileNetV3, ResNet50).
-    pub fn graph(&self, config: &serde_json::Value) -> Option<Result<Graph>> {
-        self.graph.map(|g| g(config))
+    /// The graph describing the network for this config.
+    pub fn graph(&self, config: &serde_json::Value) -> Result<Graph> {
+        (self.graph)(config)
     }
 
     /// Every tensor the weights must hold, in a stable order.
     pub fn tensor_specs(&self, config: &serde_json::Value) -> Result<Vec<TensorSpec>> {
-        (self.tensor_specs)(config)
+        self.graph(config)?.tensor_specs()
     }
 
     /// The `(height, width)` the network requires, or `None` when any size works (fully
     /// convolutional networks with global pooling).
     pub fn input_size(&self, config: &serde_json::Value) -> Result<Option<InputSize>> {
-        (self.input_size)(config)
+        Ok(self.graph(config)?.input.size)
     }
 
     pub fn num_classes(&self, config: &serde_json::Value) -> Result<usize> {
-        (self.num_classes)(config)
+        self.graph(config)?.classes()
     }
 
     /// Builds the network with the kernels `EDGEMM_KERNELS` names (fast by default); see
@@ -205,13 +190,17 @@ impl Architecture {
         vb: VarBuilder,
         kernels: Kernels,
     ) -> Result<Box<dyn Classifier>> {
+        let graph = self.graph(config)?;
         match kernels {
             Kernels::Fast(isa) if vb.device().is_cpu() => {
-                Ok(Box::new((self.plan)(config, vb, isa)?))
+                Ok(Box::new(graph::planner::plan(&graph, &vb, isa, self.name)?))
             }
             // candle's layers compute in the builder's dtype: always f32, whatever the
             // artifact stores.
-            _ => (self.build)(config, vb.set_dtype(candle_core::DType::F32)),
+            _ => Ok(Box::new(graph::reference::GraphNetwork::new(
+                &graph,
+                vb.set_dtype(candle_core::DType::F32),
+            )?)),
         }
     }
 }
@@ -221,10 +210,30 @@ pub static ARCHITECTURES: &[Architecture] = &[
     alexnet_small::ARCHITECTURE,
     vgg16::ARCHITECTURE,
     efficientnet_lite0::ARCHITECTURE,
+    mobilenet_v3::LARGE,
+    mobilenet_v3::SMALL,
+    resnet::RESNET18,
+    resnet::RESNET34,
+    resnet::RESNET50,
     graph::ARCHITECTURE,
 ];
 
 /// Looks an architecture up by its registry name.
+///
+/// ```
+/// use edgemm_models::architecture;
+///
+/// let vgg = architecture("vgg16")?;
+/// let config = serde_json::json!({ "classes": 10, "input_height": 64, "input_width": 64 });
+/// assert_eq!(vgg.num_classes(&config)?, 10);
+/// // What a weights file for this config must hold: torchvision's names and shapes.
+/// let specs = vgg.tensor_specs(&config)?;
+/// assert_eq!(specs[0].name, "features.0.weight");
+/// assert_eq!(specs[0].shape, vec![64, 3, 3, 3]);
+///
+/// assert!(architecture("alexnet").is_err()); // the error lists the known names
+/// # Ok::<(), edgemm_models::Error>(())
+/// ```
 pub fn architecture(name: &str) -> Result<&'static Architecture> {
     ARCHITECTURES
         .iter()

@@ -1,8 +1,8 @@
 //! A network compiled for the fast CPU kernels ([`crate::kernels`]): a fixed list of steps over
 //! NHWC buffers that are allocated once per input shape and reused.
 //!
-//! Architectures describe their network to a [`PlanBuilder`] at load (batch norm folded into
-//! the convolutions, weights packed). Each step's output gets a buffer by a liveness scan, so
+//! The planner ([`crate::graph::planner`]) lowers a network's graph to a [`PlanBuilder`] at
+//! load (batch norm folded into the convolutions, weights packed). Each step's output gets a buffer by a liveness scan, so
 //! a chain of layers ping-pongs between a few buffers and a residual input stays alive until
 //! its add. For small networks this removes what dominated candle's eager path: one tensor
 //! allocation and one op dispatch per layer.
@@ -120,7 +120,7 @@ impl Op {
 pub(crate) struct Step {
     op: Op,
     inputs: Vec<Value>,
-    /// The graph nodes this step computes (empty for hand-built plans).
+    /// The graph nodes this step computes.
     nodes: Vec<String>,
 }
 
@@ -151,10 +151,6 @@ impl PlanBuilder {
         }
     }
 
-    pub fn isa(&self) -> Isa {
-        self.isa
-    }
-
     /// The network input, NHWC with three channels.
     pub fn input(&self) -> Value {
         Value(0)
@@ -168,34 +164,6 @@ impl PlanBuilder {
             nodes,
         });
         Value(self.steps.len())
-    }
-
-    fn push_with_residual(&mut self, op: Op, x: Value, residual: Option<Value>) -> Value {
-        let mut inputs = vec![x];
-        inputs.extend(residual);
-        self.push(op, &inputs, Vec::new())
-    }
-
-    pub fn conv(&mut self, x: Value, conv: Conv, residual: Option<Value>) -> Value {
-        self.push_with_residual(Op::Conv(conv), x, residual)
-    }
-
-    /// A fused inverted-residual block; `residual` as for [`PlanBuilder::conv`].
-    pub fn mbconv(&mut self, x: Value, block: MbConv, residual: Option<Value>) -> Value {
-        self.push_with_residual(Op::MbConv(Box::new(block)), x, residual)
-    }
-
-    pub fn max_pool_2x2(&mut self, x: Value) -> Value {
-        self.push(Op::MaxPool2x2, &[x], Vec::new())
-    }
-
-    pub fn global_avg_pool(&mut self, x: Value) -> Value {
-        self.push(Op::GlobalAvgPool, &[x], Vec::new())
-    }
-
-    /// A dense layer over the flattened (NHWC-order) features of `x`.
-    pub fn dense(&mut self, x: Value, dense: Dense) -> Value {
-        self.push(Op::Dense(dense), &[x], Vec::new())
     }
 
     /// Finishes the plan; `output` must be a `[N, classes]` value (a dense layer's).
@@ -609,26 +577,6 @@ fn with_values<E: candle_core::WithDType, T>(
     Ok(f(&cpu.as_slice::<E>()?[start..end]))
 }
 
-/// The dense layer under `vb` (`weight` `[outputs, inputs]`, `bias` `[outputs]`, PyTorch's
-/// names), input feature `i` multiplying weight column `column(i)` (see [`Dense::new`]).
-pub(crate) fn dense(
-    isa: Isa,
-    vb: &VarBuilder,
-    shape: (usize, usize),
-    activation: kernels::Activation,
-    column: impl Fn(usize) -> usize,
-) -> Result<Dense> {
-    dense_named(
-        isa,
-        vb,
-        ("weight", Some("bias")),
-        shape,
-        false,
-        activation,
-        column,
-    )
-}
-
 /// A dense layer of weight `names.0` and bias `names.1` (zeros when `None`), stored
 /// `[outputs, inputs]`, or `[inputs, outputs]` when `in_out` (ONNX MatMul's layout). When the
 /// artifact stores f16 (the `VarBuilder`'s dtype is the stored one), the layer keeps its
@@ -670,30 +618,6 @@ pub(crate) fn dense_named(
             Dense::new(isa, &out_in(w, in_out, dims), bias, activation, column)
         })
     }
-}
-
-/// Folds inference batch norm (PyTorch names under `vb`) into the preceding layer:
-/// `weight[o, ..] *= scale[o]`, `bias[o] = (bias[o] - mean[o]) * scale[o] + beta[o]`.
-pub(crate) fn fold_batch_norm(
-    vb: &VarBuilder,
-    eps: f64,
-    weight: &mut [f32],
-    bias: &mut [f32],
-) -> Result<()> {
-    let c = bias.len();
-    let gamma = load(vb, &[c], "weight")?;
-    let beta = load(vb, &[c], "bias")?;
-    let mean = load(vb, &[c], "running_mean")?;
-    let var = load(vb, &[c], "running_var")?;
-    let per_channel = weight.len() / c;
-    for o in 0..c {
-        let scale = (f64::from(gamma[o]) / (f64::from(var[o]) + eps).sqrt()) as f32;
-        weight[o * per_channel..(o + 1) * per_channel]
-            .iter_mut()
-            .for_each(|w| *w *= scale);
-        bias[o] = (bias[o] - mean[o]) * scale + beta[o];
-    }
-    Ok(())
 }
 
 #[cfg(test)]

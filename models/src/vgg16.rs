@@ -29,16 +29,11 @@
 //!   model in (C, H, W) order, so `w.reshape(H/32, W/32, 512, hidden).transpose(2, 0, 1, 3)
 //!   .reshape(-1, hidden).T`.
 
-use candle_core::Tensor;
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::conv::Conv;
-use crate::kernels::dense::nchw_column;
-use crate::kernels::{Activation, Isa};
-use crate::layers::{self, Conv2d, Padding};
-use crate::plan::{self, Plan, PlanBuilder};
-use crate::{Architecture, Classifier, Result, Role, TensorSpec};
+use crate::graph::Activation::Relu;
+use crate::graph::{Conv, Dense, Graph, GraphBuilder, Op, Pads, Pool};
+use crate::{Architecture, Result};
 
 const NAME: &str = "vgg16";
 
@@ -136,170 +131,60 @@ fn convolutions() -> Vec<(usize, usize, usize)> {
     out
 }
 
-fn tensor_specs(config: &serde_json::Value) -> Result<Vec<TensorSpec>> {
+/// The network as a graph, nodes named after torchvision's modules (`features.0` the first
+/// convolution, `features.1` its ReLU, `features.4` the first pool, `classifier.0` fc6...).
+pub fn graph(config: &serde_json::Value) -> Result<Graph> {
     let c = Config::parse(config)?;
-    let mut specs = Vec::new();
-    for (i, c_in, c_out) in convolutions() {
-        specs.push(TensorSpec::new(
-            format!("features.{i}.weight"),
-            &[c_out, c_in, 3, 3],
-            Role::Weight,
-        ));
-        specs.push(TensorSpec::new(
-            format!("features.{i}.bias"),
-            &[c_out],
-            Role::Bias,
-        ));
-    }
-    for (i, c_in, c_out) in [
-        (0, c.flat_features(), c.hidden),
-        (3, c.hidden, c.hidden),
-        (6, c.hidden, c.classes),
-    ] {
-        specs.push(TensorSpec::new(
-            format!("classifier.{i}.weight"),
-            &[c_out, c_in],
-            Role::Weight,
-        ));
-        specs.push(TensorSpec::new(
-            format!("classifier.{i}.bias"),
-            &[c_out],
-            Role::Bias,
-        ));
-    }
-    Ok(specs)
-}
-
-pub struct Vgg16 {
-    /// `None` is a max pool.
-    features: Vec<Option<Conv2d>>,
-    classifier: [candle_nn::Linear; 3],
-    classes: usize,
-}
-
-impl Vgg16 {
-    pub fn new(c: &Config, vb: VarBuilder) -> Result<Self> {
-        let mut convs = convolutions().into_iter();
-        let mut features = Vec::with_capacity(LAYOUT.len());
-        for layer in LAYOUT {
-            features.push(match layer {
-                Some(_) => {
-                    let (i, c_in, c_out) = convs.next().expect("13 convolutions");
-                    Some(Conv2d::load(
-                        vb.pp(format!("features.{i}")),
-                        (c_in, c_out, 3),
-                        1,
-                        Padding::Symmetric(1),
-                        true,
-                    )?)
-                }
-                None => None,
-            });
-        }
-        let vb = vb.pp("classifier");
-        Ok(Self {
-            features,
-            classifier: [
-                layers::linear(vb.pp("0"), c.flat_features(), c.hidden)?,
-                layers::linear(vb.pp("3"), c.hidden, c.hidden)?,
-                layers::linear(vb.pp("6"), c.hidden, c.classes)?,
-            ],
-            classes: c.classes,
-        })
-    }
-}
-
-impl Classifier for Vgg16 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layers::check_input(x, NAME)?;
-        let mut x = x.clone();
-        for layer in &self.features {
-            x = match layer {
-                Some(conv) => conv.forward(&x)?.relu()?,
-                None => x.max_pool2d(2)?,
-            };
-        }
-        let [fc6, fc7, fc8] = &self.classifier;
-        let x = layers::apply_linear(fc6, &x.flatten_from(1)?)?.relu()?;
-        let x = layers::apply_linear(fc7, &x)?.relu()?;
-        layers::apply_linear(fc8, &x)
-    }
-
-    fn num_classes(&self) -> usize {
-        self.classes
-    }
-}
-
-/// The same network for the fast CPU kernels: ReLU fused into the convolutions, fc6's columns
-/// reordered for the NHWC flatten.
-fn plan(c: &Config, vb: VarBuilder, isa: Isa) -> Result<Plan> {
-    let mut b = PlanBuilder::new(isa);
+    let mut b = GraphBuilder::new(Some((c.input_height, c.input_width)));
     let mut x = b.input();
     let mut convs = convolutions().into_iter();
-    // The side of the (square) map the next convolution sees.
-    let mut side = c.input_height.min(c.input_width);
+    let mut index = 0;
     for layer in LAYOUT {
-        x = match layer {
-            Some(_) => {
-                let (i, c_in, c_out) = convs.next().expect("13 convolutions");
-                let vb = vb.pp(format!("features.{i}"));
-                let bias = plan::load(&vb, &[c_out], "bias")?;
-                let conv = plan::with_weights(&vb, &[c_out, c_in, 3, 3], "weight", |weight| {
-                    Conv::for_map(
-                        isa,
-                        weight,
-                        bias,
-                        (c_in, c_out, 3),
-                        1,
-                        Padding::Symmetric(1),
-                        Activation::Relu,
-                        side,
-                    )
-                })?;
-                b.conv(x, conv, None)
-            }
-            None => {
-                side /= 2;
-                b.max_pool_2x2(x)
-            }
-        };
+        if layer.is_some() {
+            let (i, c_in, c_out) = convs.next().expect("13 convolutions");
+            let (w, bias) = (format!("features.{i}.weight"), format!("features.{i}.bias"));
+            let conv = Conv::square((c_in, c_out, 3), 1, Pads::same(1), w, Some(bias));
+            x = b.node(format!("features.{i}"), Op::Conv(conv), &[&x]);
+            x = b.node(
+                format!("features.{}", i + 1),
+                Op::Activation { function: Relu },
+                &[&x],
+            );
+            index = i + 2;
+        } else {
+            x = b.node(
+                format!("features.{index}"),
+                Op::MaxPool(Pool::square(2)),
+                &[&x],
+            );
+            index += 1;
+        }
     }
-    let vb = vb.pp("classifier");
-    let (h, w) = (c.input_height / 32, c.input_width / 32);
-    for (i, c_in, c_out) in [
+    x = b.node("flatten", Op::Flatten, &[&x]);
+    let dense = [
         (0, c.flat_features(), c.hidden),
         (3, c.hidden, c.hidden),
         (6, c.hidden, c.classes),
-    ] {
-        let layer = vb.pp(i.to_string());
-        let activation = if i < 6 {
-            Activation::Relu
-        } else {
-            Activation::None
-        };
-        let column = nchw_column(h, w, 512);
-        let dense = plan::dense(isa, &layer, (c_out, c_in), activation, |j| match i {
-            0 => column(j),
-            _ => j,
-        })?;
-        x = b.dense(x, dense);
+    ];
+    for (i, c_in, c_out) in dense {
+        let name = format!("classifier.{i}");
+        x = b.node(&name, Op::Dense(Dense::torch(&name, c_in, c_out)), &[&x]);
+        if i < 6 {
+            x = b.node(
+                format!("classifier.{}", i + 1),
+                Op::Activation { function: Relu },
+                &[&x],
+            );
+        }
     }
-    Ok(b.finish(x, NAME, c.classes))
+    b.finish(&x)
 }
 
-pub(crate) const ARCHITECTURE: Architecture = Architecture {
-    name: NAME,
-    summary: "VGG16: 13 conv3x3 (5 pooled groups) + 3 dense, torchvision weight names",
-    tensor_specs,
-    input_size: |config| {
-        let c = Config::parse(config)?;
-        Ok(Some((c.input_height, c.input_width)))
-    },
-    num_classes: |config| Ok(Config::parse(config)?.classes),
-    build: |config, vb| Ok(Box::new(Vgg16::new(&Config::parse(config)?, vb)?)),
-    plan: |config, vb, isa| plan(&Config::parse(config)?, vb, isa),
-    graph: None,
-};
+pub(crate) const ARCHITECTURE: Architecture = crate::graph_architecture!(
+    NAME,
+    "VGG16: 13 conv3x3 (5 pooled groups) + 3 dense, torchvision weight names",
+    graph
+);
 
 #[cfg(test)]
 mod tests {
@@ -309,5 +194,22 @@ mod tests {
     fn convolution_indices_follow_torchvision() {
         let indices: Vec<usize> = convolutions().iter().map(|c| c.0).collect();
         assert_eq!(indices, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]);
+        let g = graph(&serde_json::Value::Null).unwrap();
+        let pools: Vec<&str> = g
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::MaxPool(_)))
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(
+            pools,
+            [
+                "features.4",
+                "features.9",
+                "features.16",
+                "features.23",
+                "features.30"
+            ]
+        );
     }
 }

@@ -10,47 +10,16 @@
 //! and the full `keras.applications.VGG16`, made by CI) take NHWC input; ONNX Runtime was fed
 //! the same photos transposed, and the imported graph takes the NCHW batch.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use edgemm_models::golden::max_relative_error;
+use common::{dir, large_models, Expected};
 use edgemm_models::graph::{planner, reference::GraphNetwork};
 use edgemm_models::{onnx, Classifier, Isa};
-
-fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx")
-}
-
-#[derive(serde::Deserialize)]
-struct Expected {
-    photos: Vec<String>,
-    /// The layout ONNX Runtime was fed ("NCHW", or "NHWC" for a Keras export).
-    layout: String,
-    mean: [f32; 3],
-    std: [f32; 3],
-    logits: Vec<Vec<f32>>,
-}
-
-/// The photos as an NCHW batch, normalised as the reference did.
-fn batch(expected: &Expected) -> Tensor {
-    let mut data = Vec::new();
-    for photo in &expected.photos {
-        let img = image::open(dir().join(photo)).unwrap().to_rgb8();
-        let (w, h) = img.dimensions();
-        assert_eq!((w, h), (224, 224), "{photo}");
-        for c in 0..3 {
-            for y in 0..h {
-                for x in 0..w {
-                    let p = f32::from(img.get_pixel(x, y)[c]) / 255.0;
-                    data.push((p - expected.mean[c]) / expected.std[c]);
-                }
-            }
-        }
-    }
-    Tensor::from_vec(data, (expected.photos.len(), 3, 224, 224), &Device::Cpu).unwrap()
-}
 
 fn weights(imported: &onnx::Imported) -> HashMap<String, Tensor> {
     imported
@@ -67,29 +36,15 @@ fn check(model: &str) {
     check_in(&dir(), model)
 }
 
-/// Where CI writes the large ONNX files (`$EDGEMM_ONNX_MODELS` points elsewhere).
-fn large_models() -> PathBuf {
-    std::env::var_os("EDGEMM_ONNX_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/onnx-models"))
-}
-
 /// [`check`] for `model.onnx` and `model.expected.json` in `files`.
 fn check_in(files: &Path, model: &str) {
     let imported = onnx::import_file(&files.join(format!("{model}.onnx"))).unwrap();
-    let expected: Expected = serde_json::from_slice(
-        &std::fs::read(files.join(format!("{model}.expected.json"))).unwrap(),
-    )
-    .unwrap();
+    let expected = Expected::load(files, model);
     let layout = match expected.layout.as_str() {
         "NHWC" => onnx::InputLayout::Nhwc,
         _ => onnx::InputLayout::Nchw,
     };
     assert_eq!(imported.input_layout, layout, "{model}");
-    let x = batch(&expected);
-    let classes = expected.logits[0].len();
-    let flat: Vec<f32> = expected.logits.concat();
-    let want = Tensor::from_vec(flat, (expected.logits.len(), classes), &Device::Cpu).unwrap();
     let tensors = weights(&imported);
     let vb = || VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
     let mut networks: Vec<(String, Box<dyn Classifier>)> = vec![(
@@ -100,25 +55,7 @@ fn check_in(files: &Path, model: &str) {
         let plan = planner::plan(&imported.graph, &vb(), isa, "graph").unwrap();
         networks.push((isa.name().into(), Box::new(plan)));
     }
-    for (name, net) in &networks {
-        let got = net.forward(&x).unwrap();
-        let err = max_relative_error(&got, &want).unwrap();
-        println!("{model} {name}: max relative error {err:.2e}");
-        assert!(err <= 1e-4, "{model} on {name}: {err:e}");
-        // Batch 1 gives each photo's logits too.
-        let one = net.forward(&x.narrow(0, 1, 1).unwrap()).unwrap();
-        let err = max_relative_error(&one, &want.narrow(0, 1, 1).unwrap()).unwrap();
-        assert!(err <= 1e-4, "{model} on {name}, batch 1: {err:e}");
-    }
-    let steps = networks[1].1.steps().unwrap();
-    let fallbacks: Vec<_> = steps
-        .iter()
-        .filter(|s| s.path == "candle fallback")
-        .collect();
-    assert!(
-        fallbacks.is_empty(),
-        "{model}: {fallbacks:?} fall back to candle"
-    );
+    common::assert_matches(model, &networks, &expected);
 }
 
 #[test]

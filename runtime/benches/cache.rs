@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use candle_core::Device;
 use edgemm::manifest::{
     InputSpec, Layout, Manifest, OutputKind, ResizeMode, TensorValues, WeightsSpec,
@@ -28,18 +30,6 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn shipped_repository() -> PathBuf {
@@ -165,6 +155,7 @@ fn tiny_manifest() -> Manifest {
             mean: [0.0; 3],
             std: [1.0; 3],
             tensor_values: TensorValues::Unit,
+            images: true,
         },
         output: OutputKind::Logits,
         weights: WeightsSpec {
@@ -172,6 +163,7 @@ fn tiny_manifest() -> Manifest {
             sha256: "0".repeat(64),
         },
         description: None,
+        origin: None,
     }
 }
 
@@ -263,7 +255,7 @@ fn rss(n: usize, budget_models: u64) {
         .unwrap();
     }
     let model_bytes = 18_776_096;
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let rt = runtime(
         &repo,
         &dir.path().join("cache"),
@@ -275,7 +267,7 @@ fn rss(n: usize, budget_models: u64) {
     for i in 0..n {
         rt.cache().load(&format!("e{i}.tar.gz")).unwrap();
     }
-    let after = rss_bytes();
+    let after = common::rss_bytes();
     let m = rt.cache().metrics();
     println!(
         "RSS after loading {n} EfficientNet-Lite0 copies with memory for {budget_models}: \

@@ -14,6 +14,8 @@
 //!
 //! Run both sides at once with `bash runtime/benches/vs-onnxruntime.sh`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -100,19 +102,6 @@ fn vgg16_conv_flops((h, w): (usize, usize)) -> f64 {
     flops
 }
 
-/// Resets the peak resident set size of this process (Linux; a no-op elsewhere).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size since the last reset, in MiB (`VmHWM`), if the system says.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Writes the check sample for `bench_ort.py`: a fixed input and edgemm's logits for it.
 fn write_check_sample(
     net: &dyn edgemm_models::Classifier,
@@ -138,12 +127,7 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let value = common::flag;
     let work = PathBuf::from(value("--work").unwrap_or_else(|| "target/bench-ort".into()));
     let runs: usize = value("--runs").map_or(20, |r| r.parse().unwrap());
     let warmup_ms: f64 = value("--warmup-ms").map_or(500.0, |r| r.parse().unwrap());
@@ -200,7 +184,7 @@ fn main() {
         let arch = edgemm_models::architecture(&model.architecture).unwrap();
         // Loaded as the runtime loads an artifact: from the mapped file, tensor by tensor,
         // by a builder of the stored dtype.
-        reset_peak_rss();
+        common::reset_peak_rss();
         // SAFETY: the file was written above and nothing modifies it while it is mapped.
         let vb =
             unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_file], dtype, &Device::Cpu) }
@@ -244,7 +228,7 @@ fn main() {
                     "warmup_ms": warmup_ms,
                     "times_ms": times,
                     "conv_gflops": gflops,
-                    "peak_rss_mib": peak_rss_mib(),
+                    "peak_rss_mib": common::mib(common::peak_rss_bytes()),
                 })
             );
         }

@@ -138,22 +138,28 @@ typedef struct edgemm_runtime_options {
   // Directory of NAME.tar.gz artifacts. Required (NULL is EDGEMM_ERR_INVALID_ARGUMENT).
   // Only read during `edgemm_runtime_new`.
   const char *repository;
-  // Where artifacts are extracted. NULL = $EDGEMM_CACHE_DIR, else ~/.cache/edgemm.
+  // Where artifacts are extracted: a directory edgemm owns. NULL = the default
+  // ($EDGEMM_CACHE_DIR, else $XDG_CACHE_HOME/edgemm, else ~/.cache/edgemm). "" is
+  // EDGEMM_ERR_INVALID_ARGUMENT (it is never taken to mean the current directory). A missing
+  // or empty directory is created and marked with a CACHEDIR.TAG; a directory holding
+  // anything edgemm did not create is refused with EDGEMM_ERR_INVALID_ARGUMENT (the message
+  // names it and one foreign entry), and nothing in it is deleted or changed.
   const char *cache_dir;
-  // Bytes of weights loaded models may hold. 0 = 1 GiB.
+  // Bytes loaded models may hold (weights as held plus one item's activations each).
+  // 0 = 1 GiB.
   uint64_t memory_budget_bytes;
   // Bytes of extracted copies on disk. 0 = 4 GiB.
   uint64_t disk_budget_bytes;
   // Milliseconds a load waits for memory held by requests in flight before it fails with
   // EDGEMM_ERR_INSUFFICIENT_MEMORY. 0 = 10000.
   uint32_t memory_wait_ms;
-  // Labels per prediction in results. 0 = 5.
+  // Labels per prediction in results, at most 65536. 0 = 5.
   uint32_t top_k;
-  // Largest encoded image, bytes. 0 = 4194304 (4 MB).
+  // Largest encoded image, bytes, at most 67108864 (64 MiB). 0 = 4194304 (4 MB).
   uint32_t max_image_bytes;
-  // Largest image side, pixels. 0 = 4096.
+  // Largest image side, pixels, at most 16384. 0 = 4096.
   uint32_t max_image_side;
-  // Largest aspect ratio (long side / short side). 0 = 20.
+  // Largest aspect ratio (long side / short side), at most 16384. 0 = 20.
   uint32_t max_aspect_ratio;
   // 1 = unload each model after its request (SageMaker's ModelCacheSetting=Disabled).
   // 0 = keep models loaded (default).
@@ -254,7 +260,7 @@ typedef struct edgemm_model_list {
 // Options for `edgemm_pipeline_new`. Start from `edgemm_pipeline_default_options()`, which
 // fills in the defaults below; every value is then used as given.
 typedef struct edgemm_pipeline_options {
-  // Inference worker threads, at least 1. Default 1.
+  // Inference worker threads, 1..=64. Default 1.
   uint32_t workers;
   // An `edgemm_yuv_range` value (read as a plain uint32_t; anything else is
   // EDGEMM_ERR_INVALID_ARGUMENT). Default EDGEMM_YUV_LIMITED.
@@ -273,8 +279,8 @@ typedef struct edgemm_pipeline_options {
   // Smoothed probability below which the shown digit gives way to "no sign", at most
   // `enter_threshold`. Default 0.4.
   float exit_threshold;
-  // Consecutive frames a new digit (or "no sign") must last before it is reported, at
-  // least 1. Default 3.
+  // Consecutive frames a new digit (or "no sign") must last before it is reported,
+  // 1..=1000000. Default 3.
   uint32_t hold_frames;
   // Frame time (by `timestamp_us`) a new digit must last, milliseconds; 0 = no time rule.
   // Default 0.
@@ -393,9 +399,12 @@ enum edgemm_status edgemm_debug_force_panic(void);
 
 // ==================== Errors ====================
 //
-// The message of the last failed call on this thread, or "" if the last call succeeded.
+// The message of the last failed edgemm call on this thread, or "" if none has failed yet.
 //
-// The string belongs to edgemm and stays valid until the next edgemm call on this thread.
+// Kept as errno is: only the next failing call on this thread replaces it; successful calls
+// (an invoke, `edgemm_runtime_free(NULL)`, this function) leave it as it is, so check the
+// status first and read the message only after a failure. The string belongs to edgemm and
+// stays valid until the next failing edgemm call on this thread.
 // Thread-safety: per thread; never NULL.
 const char *edgemm_last_error_message(void);
 
@@ -410,7 +419,9 @@ struct edgemm_runtime_options edgemm_runtime_default_options(void);
 // first request for a name loads it.
 //
 // Returns EDGEMM_OK; EDGEMM_ERR_INVALID_ARGUMENT (NULL `options`, `options->repository` or
-// `out`, non-UTF-8 paths); EDGEMM_ERR_INTERNAL (the cache directory cannot be created).
+// `out`, non-UTF-8 paths, an empty `cache_dir`, a `cache_dir` holding files edgemm did not
+// create, a count out of its range); EDGEMM_ERR_INTERNAL (the cache directory cannot be
+// created).
 // Thread-safety: any thread.
 //
 // # Safety

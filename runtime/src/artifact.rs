@@ -1,8 +1,11 @@
 //! Model artifacts: a gzip'd tar holding `manifest.json` and `model.safetensors`, the same
-//! `NAME.tar.gz` a SageMaker multi-model endpoint serves.
+//! `NAME.tar.gz` a SageMaker multi-model endpoint serves. A tar holding a Triton model
+//! directory instead (`<model>/config.pbtxt`, `<model>/<version>/model.onnx`) is converted
+//! into those two files as it is extracted ([`crate::triton`]).
 //!
-//! Extraction treats every archive as hostile: only regular files are written (and only the
-//! two the format defines), paths must be relative without `..`, the entry count and the
+//! Extraction treats every archive as hostile: only regular files are written (the two the
+//! format defines, or a Triton directory's version files under names of our own until they
+//! are converted), paths must be relative without `..`, the entry count and the
 //! decompressed size are capped (gzip bombs), the weights' sha256 must match the manifest, and
 //! the files land in a temporary directory that is renamed into place only once all of that
 //! held, so a crash never leaves a half model that looks whole.
@@ -139,7 +142,10 @@ impl TempDir {
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir(&path).map_err(|e| Error::io("creating", &path, e))?;
-        Ok(Self { path, keep: false })
+        let dir = Self { path, keep: false };
+        // From here on the directory is provably ours (see `cache_dir`), even if we crash.
+        crate::cache_dir::write_owner(&dir.path)?;
+        Ok(dir)
     }
 }
 
@@ -151,9 +157,9 @@ impl Drop for TempDir {
     }
 }
 
-/// Extracts and verifies `archive` into `dest` (replacing what is there): paths, entry types,
+/// Extracts and verifies `archive` into `dest`, which must not exist yet: paths, entry types,
 /// caps, checksum, and every tensor against the manifest's architecture. `name` only labels
-/// errors.
+/// errors. Nothing that was there before is ever deleted or overwritten.
 pub fn extract(
     name: &str,
     archive: &Path,
@@ -173,6 +179,13 @@ pub fn extract_with(
     extra: &[(&str, &[u8])],
 ) -> Result<ExtractedArtifact> {
     let file = File::open(archive).map_err(|e| Error::io("opening", archive, e))?;
+    if fs::symlink_metadata(dest).is_ok() {
+        return Err(Error::io(
+            "extracting into",
+            dest,
+            io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
+        ));
+    }
     let tmp = TempDir::beside(dest)?;
     let manifest = unpack(file, &tmp.path, limits).map_err(|e| Error::artifact(name, e))?;
     for (file_name, contents) in extra {
@@ -182,9 +195,6 @@ pub fn extract_with(
     // Only a copy whose every tensor fits the architecture is renamed into place, so a
     // directory under its final name is always a usable model.
     crate::weights::check_file(name, &tmp.path.join(WEIGHTS_FILE), &manifest)?;
-    if dest.exists() {
-        fs::remove_dir_all(dest).map_err(|e| Error::io("replacing", dest, e))?;
-    }
     fs::rename(&tmp.path, dest).map_err(|e| Error::io("renaming into", dest, e))?;
     let mut tmp = tmp;
     tmp.keep = true;
@@ -215,6 +225,7 @@ fn unpack(
             ArtifactError::Corrupt(e)
         }
     };
+    let mut triton = crate::triton::Collector::new(dir.join(crate::triton::SOURCE_DIR));
     let mut manifest_bytes: Option<Vec<u8>> = None;
     let mut weights_sha: Option<String> = None;
     let mut count = 0usize;
@@ -300,10 +311,15 @@ fn unpack(
                     &read_error,
                 )?);
             }
-            // Other files (SageMaker archives often carry code/ or a README) are not ours.
-            _ => {}
+            // Other files (SageMaker archives often carry code/ or a README) are not ours,
+            // unless they make a Triton model directory.
+            _ => triton.offer(&path, size, &mut entry, &read_error)?,
         }
     }
+    if manifest_bytes.is_none() && weights_sha.is_none() && triton.found() {
+        return triton.convert(dir);
+    }
+    drop(triton);
     let manifest_bytes = manifest_bytes.ok_or(ArtifactError::MissingFile {
         file: MANIFEST_FILE,
     })?;
@@ -319,8 +335,8 @@ fn unpack(
 }
 
 /// Copies `reader` to a new file at `path`, returning the sha256 of what was written.
-fn copy_hashed(
-    reader: &mut impl Read,
+pub(crate) fn copy_hashed(
+    reader: &mut (impl Read + ?Sized),
     path: &Path,
     read_error: &dyn Fn(io::Error) -> ArtifactError,
 ) -> std::result::Result<String, ArtifactError> {
@@ -369,8 +385,13 @@ pub fn pack(manifest: &Manifest, weights: &Path, out: &Path) -> Result<Manifest>
     crate::weights::check_file(&label, weights, &manifest)?;
 
     let tmp = out.with_extension("partial");
+    // `create_new`: a file already there is someone's, not ours to overwrite or delete.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| Error::io("creating", &tmp, e))?;
     let result = (|| -> io::Result<()> {
-        let file = File::create(&tmp)?;
         let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::best());
         let mut tar = tar::Builder::new(gz);
         let json = manifest.to_json();
@@ -406,21 +427,25 @@ pub struct Inspection {
     pub sha256: String,
     pub manifest: Manifest,
     pub tensors: Vec<crate::weights::TensorInfo>,
-    /// For an architecture described by a graph: its nodes, shapes, parameters and FLOPs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub graph: Option<Vec<edgemm_models::graph::NodeSummary>>,
+    /// The network's graph: its nodes, shapes, parameters and FLOPs.
+    pub graph: Vec<edgemm_models::graph::NodeSummary>,
     /// How the CPU runs it: the fast plan's steps (which kernel runs which nodes, and which
     /// fall back to candle), or `None` where it runs as candle ops.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Vec<edgemm_models::StepInfo>>,
 }
 
-/// Extracts `archive` into a scratch directory under `scratch`, verifies it fully (checksum,
-/// every tensor against the architecture) and describes it.
-pub fn inspect(archive: &Path, scratch: &Path, limits: ArtifactLimits) -> Result<Inspection> {
+/// Extracts `archive` into a scratch directory of the cache directory `cache_dir` (its
+/// `scratch/`, see [`crate::cache_dir`]), verifies it fully (checksum, every tensor against the
+/// architecture) and describes it. Scratch copies left by `inspect` runs that died are removed
+/// first.
+pub fn inspect(archive: &Path, cache_dir: &Path, limits: ArtifactLimits) -> Result<Inspection> {
     let label = archive.display().to_string();
-    let dest = scratch.join(format!(
-        "inspect-{}-{}",
+    let dir = crate::cache_dir::CacheDir::open(cache_dir)?;
+    dir.clean_stale_scratch()?;
+    let dest = dir.scratch().join(format!(
+        "{}{}-{}",
+        crate::cache_dir::INSPECT_PREFIX,
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -430,10 +455,7 @@ pub fn inspect(archive: &Path, scratch: &Path, limits: ArtifactLimits) -> Result
         let tensors = crate::weights::check_file(&label, &weights, &extracted.manifest)?;
         let manifest = &extracted.manifest;
         let graph = edgemm_models::architecture(&manifest.architecture)
-            .ok()
-            .and_then(|arch| arch.graph(&manifest.config))
-            .transpose()
-            .and_then(|g| g.map(|g| g.summary()).transpose())
+            .and_then(|arch| arch.graph(&manifest.config)?.summary())
             .map_err(|e| Error::artifact(&label, ArtifactError::from(e)))?;
         let loaded = crate::weights::load(&label, &weights, manifest, &candle_core::Device::Cpu)?;
         let plan = loaded.network.steps();

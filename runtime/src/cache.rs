@@ -6,8 +6,8 @@
 //! - The first request for a name extracts the artifact (MME: "download") and loads it; later
 //!   requests hit. Concurrent requests for a model that is loading wait for that one load; if
 //!   it fails, every waiter gets the error and a later request tries again.
-//! - A load first reserves the model's bytes (estimated from the safetensors header, corrected
-//!   after the load). When the budget is short, least-recently-used loaded models with no
+//! - A load first reserves the model's bytes at the load's peak (estimated from the safetensors
+//!   header, corrected after the load). When the budget is short, least-recently-used loaded models with no
 //!   request in flight and no pin are unloaded until the new one fits; their extracted copies
 //!   stay on disk. If it still cannot fit, the request fails with
 //!   [`Error::InsufficientMemory`] (MME's 507) and the budget is left as it was: the budget is
@@ -33,6 +33,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{self, ArtifactLimits, ExtractedArtifact, PARTIAL_PREFIX};
+use crate::cache_dir::{self, CacheDir};
 use crate::error::{Error, Result};
 use crate::repository::{cache_dir_name, ModelRepository};
 use crate::runtime::LoadedModel;
@@ -41,7 +42,8 @@ use crate::weights;
 /// Budgets and switches of a [`ModelCache`].
 #[derive(Clone, Debug)]
 pub struct CacheOptions {
-    /// Bytes of weights held by loaded models (f32, as loaded).
+    /// Bytes held by loaded models: weights as held (packed or f32) plus one item's
+    /// activations each.
     pub memory_budget: u64,
     /// Bytes of extracted copies on disk.
     pub disk_budget: u64,
@@ -328,11 +330,41 @@ struct CopyRecord {
 }
 
 const COPY_RECORD: &str = "edgemm-copy.json";
-const LOCK_FILE: &str = "lock";
 
 /// The shared model cache. `&self` everywhere; share it in an `Arc`.
+///
+/// A [`Runtime`](crate::Runtime) holds one ([`Runtime::cache`](crate::Runtime::cache)):
+///
+/// ```
+/// use edgemm::{ModelState, Runtime, RuntimeOptions};
+///
+/// # let cache_dir = tempfile::tempdir().unwrap();
+/// let mut options = RuntimeOptions::new("../models/repository");
+/// options.cache_dir = cache_dir.path().to_path_buf();
+/// let runtime = Runtime::new(options)?;
+/// let cache = runtime.cache();
+///
+/// cache.load("cifar.tar.gz")?; // extract and load ahead of the first request
+/// cache.pin("cifar.tar.gz")?; // never evicted to make room for another model
+/// let model = cache.describe("cifar.tar.gz")?;
+/// assert_eq!(model.state, ModelState::Loaded);
+/// assert!(model.memory_bytes > 0 && model.disk_bytes > 0);
+///
+/// let metrics = cache.metrics(); // MME's names: loading time, cache hits, loaded models...
+/// assert_eq!(metrics.loaded_model_count, 1);
+/// assert!(metrics.memory_used_bytes <= metrics.memory_budget_bytes);
+///
+/// cache.unpin("cifar.tar.gz")?;
+/// cache.unload("cifar.tar.gz")?; // returns once the memory is released
+/// assert_eq!(cache.describe("cifar.tar.gz")?.state, ModelState::Unloaded);
+/// // The extracted copy stays on disk; `list` shows it beside the repository's other models.
+/// let listed = cache.list()?;
+/// assert!(listed.iter().any(|m| m.name == "cifar.tar.gz" && m.disk_bytes > 0));
+/// # Ok::<(), edgemm::Error>(())
+/// ```
 pub struct ModelCache {
     repository: ModelRepository,
+    dir: CacheDir,
     models_dir: PathBuf,
     device: Device,
     artifact_limits: ArtifactLimits,
@@ -399,9 +431,44 @@ fn read_record(dir: &Path) -> Option<CopyRecord> {
     serde_json::from_slice(&fs::read(dir.join(COPY_RECORD)).ok()?).ok()
 }
 
+/// Whether `path` is a finished copy this cache wrote: a directory named for the model its
+/// record names.
+pub(crate) fn is_complete_copy(path: &Path) -> bool {
+    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    path.is_dir()
+        && !file_name.starts_with(PARTIAL_PREFIX)
+        && read_record(path).is_some_and(|r| cache_dir_name(&r.name) == file_name)
+}
+
+/// Removes a copy directory if it is provably this cache's (see [`is_complete_copy`]); a
+/// missing one is fine. Anything else there is left alone and refused.
+fn remove_copy(root: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !is_complete_copy(dir) && !cache_dir::is_owned_work_dir(dir) {
+        let entry = dir.strip_prefix(root).unwrap_or(dir);
+        return Err(Error::ForeignCacheDir {
+            dir: root.to_path_buf(),
+            entry: entry.to_path_buf(),
+        });
+    }
+    fs::remove_dir_all(dir).or_else(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Ok(())
+        } else {
+            Err(Error::io("deleting", dir, e))
+        }
+    })
+}
+
 impl ModelCache {
-    /// Opens the cache over `repository`, with extracted copies under `cache_dir`. Copies left
-    /// by an earlier process are adopted when complete; partial extractions are removed.
+    /// Opens the cache over `repository`, in `cache_dir` (see [`CacheDir`] for the layout and
+    /// the refusal of a directory holding anything edgemm did not create). Copies left by an
+    /// earlier process are adopted when complete; partial extractions and the scratch copies
+    /// of `inspect` runs that died are removed.
     pub fn new(
         repository: ModelRepository,
         cache_dir: &Path,
@@ -409,12 +476,13 @@ impl ModelCache {
         artifact_limits: ArtifactLimits,
         options: CacheOptions,
     ) -> Result<Self> {
-        let models_dir = cache_dir.join("models");
-        fs::create_dir_all(&models_dir).map_err(|e| Error::io("creating", &models_dir, e))?;
-        let lock_path = cache_dir.join(LOCK_FILE);
-        let lock = File::create(&lock_path).map_err(|e| Error::io("creating", &lock_path, e))?;
+        let dir = CacheDir::open(cache_dir)?;
+        let models_dir = dir.models();
+        let lock = dir.lock_file()?;
+        dir.clean_stale_scratch()?;
         let cache = Self {
             repository,
+            dir,
             models_dir,
             device,
             artifact_limits,
@@ -472,36 +540,51 @@ impl ModelCache {
     fn with_disk_lock<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let file = self.disk_lock.lock().unwrap_or_else(|e| e.into_inner());
         file.lock()
-            .map_err(|e| Error::io("locking", self.models_dir.join(LOCK_FILE), e))?;
+            .map_err(|e| Error::io("locking", self.dir.lock_path(), e))?;
         let result = f();
         let _ = file.unlock();
         result
     }
 
-    /// Start-up: removes partial extractions, adopts complete copies, trims to the disk budget.
+    /// Start-up: adopts complete copies, removes partial extractions (no extraction is in
+    /// progress while the disk lock is held, so every one left is a crash's), trims to the disk
+    /// budget. An entry that is neither is not ours: the cache refuses to start, touching
+    /// nothing.
     fn adopt_copies(&self) -> Result<()> {
         let adopted = self.with_disk_lock(|| {
+            let mut entries: Vec<fs::DirEntry> = fs::read_dir(&self.models_dir)
+                .map_err(|e| Error::io("listing", &self.models_dir, e))?
+                .flatten()
+                .collect();
+            entries.sort_by_key(|e| e.file_name());
             let mut adopted = Vec::new();
-            let entries = fs::read_dir(&self.models_dir)
-                .map_err(|e| Error::io("listing", &self.models_dir, e))?;
-            for entry in entries.flatten() {
+            let mut partial = Vec::new();
+            for entry in &entries {
                 let path = entry.path();
                 let file_name = entry.file_name().to_string_lossy().into_owned();
-                let record = read_record(&path);
-                let complete = !file_name.starts_with(PARTIAL_PREFIX)
-                    && record
-                        .as_ref()
-                        .is_some_and(|r| cache_dir_name(&r.name) == file_name);
-                if complete {
+                if is_complete_copy(&path) {
                     let modified = entry
                         .metadata()
                         .and_then(|m| m.modified())
                         .unwrap_or(UNIX_EPOCH);
-                    adopted.push((record.expect("complete").name, dir_bytes(&path), modified));
+                    let name = read_record(&path)
+                        .expect("a complete copy has a record")
+                        .name;
+                    adopted.push((name, dir_bytes(&path), modified));
+                } else if file_name.starts_with(PARTIAL_PREFIX)
+                    && path.is_dir()
+                    && cache_dir::is_owned_work_dir(&path)
+                {
+                    partial.push(path);
                 } else {
-                    // A crash mid-extraction, or something that is not ours: never a model.
-                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                    return Err(Error::ForeignCacheDir {
+                        dir: self.dir.root().to_path_buf(),
+                        entry: Path::new(cache_dir::MODELS_DIR).join(entry.file_name()),
+                    });
                 }
+            }
+            for path in partial {
+                fs::remove_dir_all(&path).map_err(|e| Error::io("removing", &path, e))?;
             }
             Ok(adopted)
         })?;
@@ -541,7 +624,16 @@ impl ModelCache {
     /// The model in memory, loading it when needed, with `in_flight` raised by one.
     fn acquire(&self, name: &str, is_request: bool) -> Result<Arc<LoadedModel>> {
         // Validate before anything is recorded under the name.
-        let source = self.repository.resolve(name)?;
+        let source = match self.repository.resolve(name) {
+            Ok(source) => source,
+            Err(e) => {
+                // A refused request is a request (nothing is recorded under a bad name).
+                if is_request {
+                    self.lock().requests += 1;
+                }
+                return Err(e);
+            }
+        };
         let mut state = self.lock();
         let mut waited: Option<Instant> = None;
         loop {
@@ -579,11 +671,15 @@ impl ModelCache {
                     // A failed load this request waited on is reported to it, not retried.
                     if let Some((g, kind, message)) = &state.entry(name).failure {
                         if *g == generation {
-                            return Err(Error::LoadFailed {
+                            let error = Error::LoadFailed {
                                 name: name.to_string(),
                                 kind: *kind,
                                 message: message.clone(),
-                            });
+                            };
+                            if is_request {
+                                state.requests += 1;
+                            }
+                            return Err(error);
                         }
                     }
                 }
@@ -633,7 +729,11 @@ impl ModelCache {
     fn load_slot(&self, name: &str, source: &Path) -> Result<Arc<LoadedModel>> {
         let extracted = self.ensure_copy(name, source)?;
         let weights_path = extracted.weights_path();
-        let estimate = weights::estimate_resident_bytes(name, &weights_path, &extracted.manifest)?;
+        // What the load needs at its peak (weights as f32 and the largest tensor's transient
+        // copy) plus one item's activations at the manifest's input size, reserved before
+        // anything is allocated: a manifest declaring a huge input is refused here.
+        let estimate = weights::estimate_resident_bytes(name, &weights_path, &extracted.manifest)?
+            + crate::runtime::activation_bytes_per_item(&extracted.manifest);
         let evicted = self.reserve(name, estimate)?;
         // Free the evicted models' memory before allocating the new one's.
         drop(evicted);
@@ -646,18 +746,52 @@ impl ModelCache {
                 }
                 Ok(model)
             });
-        let mut state = self.lock();
         let model = match loaded {
             Ok(model) => Arc::new(model),
             Err(e) => {
+                let mut state = self.lock();
                 state.memory_used -= estimate;
                 state.entry(name).reserved = 0;
                 return Err(e);
             }
         };
-        // Correct the reservation to what the model actually holds.
+        // Correct the reservation to what the model actually holds. Packed (and Winograd
+        // transformed) weights can hold more than the estimate: the difference is reserved
+        // like any load, evicting idle models, and the load is refused if it cannot be.
         let actual = model.resident_bytes;
-        state.memory_used = state.memory_used - estimate + actual;
+        let budget = self.options.memory_budget;
+        if actual > budget {
+            let mut state = self.lock();
+            state.memory_used -= estimate;
+            state.entry(name).reserved = 0;
+            let available = budget.saturating_sub(state.memory_used);
+            drop(state);
+            drop(model);
+            return Err(Error::InsufficientMemory {
+                name: name.to_string(),
+                resource: "memory",
+                needed: actual,
+                available,
+                budget,
+                reason: "the model is larger than the whole budget",
+            });
+        }
+        if actual > estimate {
+            match self.reserve(name, actual - estimate) {
+                Ok(evicted) => drop(evicted),
+                Err(e) => {
+                    let mut state = self.lock();
+                    state.memory_used -= estimate;
+                    state.entry(name).reserved = 0;
+                    drop(state);
+                    drop(model);
+                    return Err(e);
+                }
+            }
+        } else {
+            self.lock().memory_used -= estimate - actual;
+        }
+        let mut state = self.lock();
         state.loading_time.record(started.elapsed());
         let tick = state.tick();
         let entry = state.entry(name);
@@ -959,7 +1093,8 @@ impl ModelCache {
                     }
                 }
             }
-            // Missing, stale or corrupt: extract afresh (replacing what is there).
+            // Missing, stale or corrupt: extract afresh, replacing the old copy.
+            remove_copy(self.dir.root(), &dest)?;
             let started = Instant::now();
             let json = serde_json::to_vec(&record).expect("a record always serialises");
             let copy = artifact::extract_with(
@@ -1028,15 +1163,7 @@ impl ModelCache {
         };
         for (name, bytes) in victims {
             let dir = self.models_dir.join(cache_dir_name(&name));
-            self.with_disk_lock(|| {
-                fs::remove_dir_all(&dir).or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(Error::io("deleting", &dir, e))
-                    }
-                })
-            })?;
+            self.with_disk_lock(|| remove_copy(self.dir.root(), &dir))?;
             let mut state = self.lock();
             if let Some(entry) = state.entries.get_mut(&name) {
                 entry.disk = None;
@@ -1055,13 +1182,18 @@ impl ModelCache {
                 let available = budget.saturating_sub(state.disk_used - needed);
                 drop(state);
                 self.delete_copy(name)?;
+                let reason = if needed > budget {
+                    "the model's extracted copy is larger than the whole disk budget"
+                } else {
+                    "the rest of the disk budget holds copies of loaded models"
+                };
                 return Err(Error::InsufficientMemory {
                     name: name.to_string(),
                     resource: "disk",
                     needed,
                     available,
                     budget,
-                    reason: "the rest of the disk budget holds copies of loaded models",
+                    reason,
                 });
             }
         }
@@ -1070,10 +1202,7 @@ impl ModelCache {
 
     fn delete_copy(&self, name: &str) -> Result<()> {
         let dir = self.models_dir.join(cache_dir_name(name));
-        self.with_disk_lock(|| {
-            let _ = fs::remove_dir_all(&dir);
-            Ok(())
-        })?;
+        self.with_disk_lock(|| remove_copy(self.dir.root(), &dir))?;
         let mut state = self.lock();
         let bytes = state
             .entries

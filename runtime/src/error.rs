@@ -50,6 +50,16 @@ pub enum ArtifactError {
         expected: String,
         actual: String,
     },
+    /// A weight that is NaN or infinite: the network would answer NaN for every input.
+    #[error("tensor {name:?} holds a non-finite value (NaN or infinity) at index {index}")]
+    NonFiniteWeight { name: String, index: usize },
+    /// A batch-norm running variance below zero: its square root is NaN.
+    #[error("tensor {name:?} is a batch-norm running variance and holds {value} at index {index}; a variance is never negative")]
+    NegativeVariance {
+        name: String,
+        index: usize,
+        value: f32,
+    },
     #[error("weights hold tensor {name:?}, which {architecture} does not use")]
     UnexpectedTensor {
         name: String,
@@ -57,6 +67,25 @@ pub enum ArtifactError {
     },
     #[error(transparent)]
     Architecture(#[from] edgemm_models::Error),
+    /// `config.pbtxt` of a Triton model directory could not be read: `line` is 1-based.
+    #[error("{file}, line {line}: {reason}")]
+    TritonConfig {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    /// A Triton model directory for another backend (TensorRT, PyTorch, TensorFlow, ...).
+    #[error("{file}: {field} {found:?} is not supported: edgemm serves ONNX models (platform: \"onnxruntime_onnx\" or backend: \"onnxruntime\")")]
+    TritonPlatform {
+        file: String,
+        /// `platform` or `backend`.
+        field: &'static str,
+        found: String,
+    },
+    /// A Triton model directory that is incomplete, or whose `config.pbtxt` disagrees with its
+    /// ONNX model.
+    #[error("Triton model directory {model:?}: {reason}")]
+    Triton { model: String, reason: String },
 }
 
 /// Why a request's input was refused. Each variant names the rule it broke.
@@ -86,6 +115,10 @@ pub enum InputError {
     },
     #[error("tensor holds a non-finite value (NaN or infinity)")]
     NonFinite,
+    /// An image sent to a model whose artifact does not say how to prepare one (a Triton
+    /// model directory without `edgemm.json`).
+    #[error("this model takes tensor requests only: its artifact has no preprocessing manifest (a Triton model directory without edgemm.json beside config.pbtxt), so edgemm does not know how to resize and normalise an image for it; send a tensor {expected}")]
+    NoPreprocessing { expected: String },
     #[error("request body is invalid: {0}")]
     Request(String),
     #[error("batch is empty")]
@@ -101,7 +134,10 @@ pub enum Error {
     InvalidModelName { name: String, reason: &'static str },
     #[error("model {name:?} not found in the repository")]
     ModelNotFound { name: String },
-    #[error("artifact {name:?}: {source}")]
+    /// The source's text comes from the archive (entry names, file contents): its control
+    /// characters are escaped as `{:?}` escapes them, so a hostile header cannot drive a
+    /// terminal.
+    #[error("artifact {name:?}: {}", escape_controls(&source.to_string()))]
     BadArtifact {
         name: String,
         #[source]
@@ -138,8 +174,18 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The network answered NaN or infinity (weights that overflow on this input); the answer
+    /// is refused rather than returned as `null` probabilities.
+    #[error(
+        "model {name:?} answered a non-finite value (NaN or infinity) for item {item} of the batch"
+    )]
+    NonFiniteOutput { name: String, item: usize },
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// The cache directory holds something edgemm did not create: edgemm will not use it (it
+    /// would delete or overwrite what is there). Nothing in it was touched.
+    #[error("cache directory {dir:?} holds {entry:?}, which edgemm did not create; edgemm keeps its cache in a directory of its own (marked by CACHEDIR.TAG) and touches nothing else: choose a new or empty directory")]
+    ForeignCacheDir { dir: PathBuf, entry: PathBuf },
 }
 
 /// Coarse classes of [`Error`]: one per C status code.
@@ -157,13 +203,18 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidModelName { .. } | Error::InvalidOption(_) => ErrorKind::InvalidArgument,
+            Error::InvalidModelName { .. }
+            | Error::InvalidOption(_)
+            | Error::ForeignCacheDir { .. } => ErrorKind::InvalidArgument,
             Error::ModelNotFound { .. } => ErrorKind::NotFound,
             Error::BadArtifact { .. } => ErrorKind::BadArtifact,
             Error::BadInput(_) => ErrorKind::BadInput,
             Error::InsufficientMemory { .. } => ErrorKind::InsufficientMemory,
             Error::LoadFailed { kind, .. } => *kind,
-            Error::Io { .. } | Error::Unsupported(_) | Error::Inference(_) => ErrorKind::Internal,
+            Error::Io { .. }
+            | Error::Unsupported(_)
+            | Error::Inference(_)
+            | Error::NonFiniteOutput { .. } => ErrorKind::Internal,
         }
     }
 
@@ -190,3 +241,17 @@ impl From<candle_core::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `text` with every control character escaped as Rust's `{:?}` writes it (`\n`, `\u{1b}`),
+/// and everything else as it is.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -7,28 +7,36 @@
 //! candle. Requests come as encoded images, decoded RGB images or float tensors ([`Input`]), or
 //! as TF Serving JSON ([`json`]).
 //!
-//! ```no_run
+//! ```
 //! use edgemm::{Input, Runtime, RuntimeOptions};
 //!
-//! let runtime = Runtime::new(RuntimeOptions::new("models/repository"))?;
-//! let photo = std::fs::read("models/samples/imagenet/cat.png").unwrap();
+//! // The shipped repository and photos (paths from the crate's directory, runtime/).
+//! let mut options = RuntimeOptions::new("../models/repository");
+//! # let cache = tempfile::tempdir().unwrap();
+//! # options.cache_dir = cache.path().to_path_buf(); // default: ~/.cache/edgemm
+//! let runtime = Runtime::new(options)?;
+//! let photo = std::fs::read("../models/samples/imagenet/cat.png").unwrap();
 //! let response = runtime.invoke("efficientnet-lite0.tar.gz", Input::Image(&photo))?;
 //! let best = &response.predictions[0].top_k[0];
 //! println!("{} ({:.2})", best.label, best.probability);
+//! assert_eq!(best.label, "Egyptian cat");
 //! # Ok::<(), edgemm::Error>(())
 //! ```
 
 pub mod artifact;
 pub mod cache;
+pub mod cache_dir;
 pub mod device;
 pub mod error;
 pub mod ffi;
 pub mod json;
 pub mod manifest;
+pub mod onnx;
 pub mod pipeline;
 pub mod preprocess;
 pub mod repository;
 mod runtime;
+pub mod triton;
 pub mod weights;
 
 pub use artifact::{ArtifactLimits, ExtractedArtifact};

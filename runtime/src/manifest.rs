@@ -44,6 +44,21 @@ pub struct Manifest {
     /// Free text: where the model comes from, its accuracy, its licence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Set when edgemm wrote this manifest itself, converting another format at extraction
+    /// (a Triton model directory): what it was converted from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// What a converted artifact was converted from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// `"triton"`: a Triton model directory (`config.pbtxt`, a version directory with
+    /// `model.onnx`).
+    pub format: String,
+    /// The archive's files the artifact was built from, as paths in the archive.
+    pub files: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +83,11 @@ pub struct InputSpec {
     /// How the numbers in a tensor request are to be read.
     #[serde(default)]
     pub tensor_values: TensorValues,
+    /// Whether the artifact says how to prepare an image. `false` for a Triton model directory
+    /// without `edgemm.json`: `resize`, `scale`, `mean` and `std` are then unknown, image
+    /// requests are refused and tensor requests hold what the network takes (`normalized`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub images: bool,
 }
 
 fn three() -> usize {
@@ -78,6 +98,12 @@ fn one_255th() -> f32 {
 }
 fn ones() -> [f32; 3] {
     [1.0; 3]
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +231,13 @@ impl Manifest {
             || input.std.iter().any(|s| !s.is_finite() || *s == 0.0)
         {
             return bad("input.mean must be finite and input.std finite and non-zero".into());
+        }
+        if !input.images && input.tensor_values != TensorValues::Normalized {
+            return bad(format!(
+                "input.images is false (no preprocessing known), so tensor requests must be \
+                 \"normalized\", not {:?}",
+                input.tensor_values
+            ));
         }
         if !matches!(self.weights.dtype.as_str(), "f32" | "f16" | "bf16") {
             return bad(format!(

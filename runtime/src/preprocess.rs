@@ -75,7 +75,57 @@ pub fn check_dimensions(width: u32, height: u32, limits: &ImageLimits) -> Result
     Ok(())
 }
 
+/// A PNG's size from its IHDR chunk (which must come first), read before any decoder runs.
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let header = bytes.get(8..24)?;
+    if &header[4..8] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&header[8..12]), be(&header[12..16])))
+}
+
+/// The PNG without its iCCP chunks. edgemm does no colour management, and the decoder would
+/// inflate a profile into memory (a 261 KB file held 280 MB); a malformed chunk list is left
+/// for the decoder to refuse.
+fn without_icc_profile(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut chunks = Vec::new();
+    let mut at = 8;
+    let mut found = false;
+    while at + 12 <= bytes.len() {
+        let len = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let Some(end) = (len as usize)
+            .checked_add(at + 12)
+            .filter(|&e| e <= bytes.len())
+        else {
+            return bytes.into();
+        };
+        let kind = &bytes[at + 4..at + 8];
+        found |= kind == b"iCCP";
+        if kind != b"iCCP" {
+            chunks.push(at..end);
+        }
+        at = end;
+        if kind == b"IEND" {
+            break;
+        }
+    }
+    if !found {
+        return bytes.into();
+    }
+    let mut out = bytes[..8].to_vec();
+    for range in chunks {
+        out.extend_from_slice(&bytes[range]);
+    }
+    out.into()
+}
+
+/// Room for allocations beside the pixels (text chunks, JPEG segments), bytes.
+const DECODE_SLACK: u64 = 16 << 20;
+
 /// Decodes PNG or JPEG bytes to upright RGB, enforcing `limits` and honouring EXIF orientation.
+/// The decoder may allocate no more than the largest pixel buffer `limits` allows (16-bit
+/// RGBA) plus 16 MiB; a PNG's size is checked against the rules before it is decoded at all.
 pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, InputError> {
     if bytes.len() > limits.max_bytes {
         return Err(InputError::TooManyBytes {
@@ -84,10 +134,21 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Inpu
         });
     }
     let format = sniff(bytes)?;
+    let bytes = if format == ImageFormat::Png {
+        if let Some((width, height)) = png_dimensions(bytes) {
+            check_dimensions(width, height, limits)?;
+        }
+        without_icc_profile(bytes)
+    } else {
+        bytes.into()
+    };
+    let side = u64::from(limits.max_side);
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_alloc = Some(side.saturating_mul(side * 8).saturating_add(DECODE_SLACK));
     let decode_err = |e: image::ImageError| InputError::Decode(e.to_string());
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(decode_err)?;
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes[..]), format);
+    reader.limits(decode_limits);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits)?;
     let orientation = decoder.orientation().map_err(decode_err)?;
@@ -152,35 +213,34 @@ fn normalise(pixel: f32, channel: usize, spec: &InputSpec) -> f32 {
 
 /// Turns a tensor request (`[N, H, W, 3]` or `[H, W, 3]` for NHWC, channel-first for NCHW) into
 /// normalised NCHW floats. Returns the batch size.
+/// One item's shape in a tensor request, in the manifest's layout.
+pub(crate) fn item_shape(spec: &InputSpec) -> [usize; 3] {
+    let (h, w) = (spec.height, spec.width);
+    match spec.layout {
+        Layout::Nhwc => [h, w, 3],
+        Layout::Nchw => [3, h, w],
+    }
+}
+
+/// The tensor requests a model takes, in words: `[N, 3, 224, 224] or [3, 224, 224] (Nchw)`.
+pub fn expected_tensor(spec: &InputSpec) -> String {
+    let [a, b, c] = item_shape(spec);
+    format!("[N, {a}, {b}, {c}] or [{a}, {b}, {c}] ({:?})", spec.layout)
+}
+
 pub fn tensor_to_nchw(
     data: &[f32],
     shape: &[usize],
     spec: &InputSpec,
     out: &mut Vec<f32>,
 ) -> Result<usize, InputError> {
-    let (h, w) = (spec.height, spec.width);
-    let per_item = match spec.layout {
-        Layout::Nhwc => [h, w, 3],
-        Layout::Nchw => [3, h, w],
-    };
-    let expected = || {
-        format!(
-            "[N, {}, {}, {}] or [{}, {}, {}] ({:?})",
-            per_item[0],
-            per_item[1],
-            per_item[2],
-            per_item[0],
-            per_item[1],
-            per_item[2],
-            spec.layout
-        )
-    };
+    let per_item = item_shape(spec);
     let n = match shape {
         [n, a, b, c] if [*a, *b, *c] == per_item => *n,
         [a, b, c] if [*a, *b, *c] == per_item => 1,
         _ => {
             return Err(InputError::TensorShape {
-                expected: expected(),
+                expected: expected_tensor(spec),
                 actual: shape.to_vec(),
             })
         }
@@ -188,6 +248,7 @@ pub fn tensor_to_nchw(
     if n == 0 {
         return Err(InputError::EmptyBatch);
     }
+    let (h, w) = (spec.height, spec.width);
     let needed = n.checked_mul(3 * h * w);
     if needed != Some(data.len()) {
         let needed = needed.unwrap_or(usize::MAX);

@@ -31,6 +31,9 @@ pub struct RuntimeOptions {
     pub top_k: usize,
     /// Memory and disk budgets, cache-disabled mode, warm-up.
     pub cache: CacheOptions,
+    /// Most items one forward pass takes; a request with more runs in chunks of this size.
+    /// 0 = sized to the memory budget (see [`Runtime::max_batch`]).
+    pub max_batch: usize,
 }
 
 impl RuntimeOptions {
@@ -43,6 +46,7 @@ impl RuntimeOptions {
             artifact_limits: ArtifactLimits::default(),
             top_k: 5,
             cache: CacheOptions::default(),
+            max_batch: 0,
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct Timing {
 pub struct Response {
     pub predictions: Vec<Prediction>,
     pub timing: Timing,
+    /// Forward passes the request ran in: items are run at most [`Runtime::max_batch`] at a
+    /// time.
+    pub forward_passes: usize,
 }
 
 /// A model in memory, ready to answer.
@@ -114,8 +121,13 @@ pub struct LoadedModel {
     pub manifest: Manifest,
     network: Box<dyn Classifier>,
     device: Device,
-    /// Bytes of weights held in memory (f32).
+    /// Bytes the model holds, as counted against the memory budget: its weights as it keeps
+    /// them (the fast plan's packed and transformed weights, or f32 tensors, whichever is
+    /// larger) plus one item's activations ([`LoadedModel::activation_bytes_per_item`]).
     pub resident_bytes: u64,
+    /// Bytes of activations one item of a batch needs at most: every value of the network's
+    /// graph at the manifest's input size, in f32 (an upper bound: the plans reuse buffers).
+    pub activation_bytes_per_item: u64,
 }
 
 impl LoadedModel {
@@ -125,12 +137,19 @@ impl LoadedModel {
         weights: LoadedWeights,
         device: &Device,
     ) -> Self {
+        let activation_bytes_per_item = activation_bytes_per_item(&manifest);
+        let packed: u64 = weights
+            .network
+            .steps()
+            .map_or(0, |steps| steps.iter().map(|s| s.bytes as u64).sum());
+        let resident_bytes = weights.resident_bytes.max(packed) + activation_bytes_per_item;
         Self {
             name: name.to_string(),
             manifest,
             network: weights.network,
             device: device.clone(),
-            resident_bytes: weights.resident_bytes,
+            resident_bytes,
+            activation_bytes_per_item,
         }
     }
 
@@ -157,7 +176,18 @@ impl LoadedModel {
             OutputKind::Logits => candle_nn::ops::softmax_last_dim(&out)?,
             OutputKind::Probabilities => out,
         };
-        Ok(out.to_vec2::<f32>()?)
+        let rows = out.to_vec2::<f32>()?;
+        // A NaN or infinity is refused, never answered as `null` (issue #22, item 5).
+        if let Some(item) = rows
+            .iter()
+            .position(|row| row.iter().any(|p| !p.is_finite()))
+        {
+            return Err(Error::NonFiniteOutput {
+                name: self.name.clone(),
+                item,
+            });
+        }
+        Ok(rows)
     }
 
     /// Preprocesses `inputs` into one normalised NCHW batch.
@@ -166,6 +196,9 @@ impl LoadedModel {
         let mut data = Vec::new();
         let mut n = 0;
         for input in inputs {
+            if !spec.images && matches!(input, Input::Image(_) | Input::Rgb(_)) {
+                return Err(no_preprocessing(spec).into());
+            }
             match *input {
                 Input::Image(bytes) => {
                     let image = preprocess::decode_image(bytes, limits)?;
@@ -223,8 +256,83 @@ impl LoadedModel {
     }
 }
 
+/// Bytes of every value of the manifest's graph for one item at its input size (f32); where
+/// the graph cannot say, 64 copies of the input.
+pub(crate) fn activation_bytes_per_item(manifest: &Manifest) -> u64 {
+    let (h, w) = (manifest.input.height, manifest.input.width);
+    let values = edgemm_models::architecture(&manifest.architecture)
+        .and_then(|arch| arch.graph(&manifest.config))
+        .and_then(|graph| {
+            let resolved = graph.resolve()?;
+            graph.shapes(&resolved, (h, w))
+        })
+        .map(|shapes| shapes.iter().map(|s| s.numel() as u64).sum::<u64>())
+        .unwrap_or(64 * 3 * (h * w) as u64);
+    4 * values.max(1)
+}
+
+/// The most items [`Runtime::max_batch`] sizes a batch to when the options leave it open.
+pub const MAX_AUTO_BATCH: usize = 256;
+
+/// Splits the inputs into single items (a tensor of `N` items into `N` tensors), so a request
+/// can be run in chunks. A tensor whose shape or length is wrong stays whole, for
+/// [`LoadedModel::batch`] to refuse.
+fn single_items<'a>(inputs: &[Input<'a>], item: &'a [usize; 3]) -> Vec<Input<'a>> {
+    let per_item: usize = item.iter().product();
+    let mut out = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        match *input {
+            Input::Tensor { data, shape }
+                if shape.len() == 4
+                    && shape[1..] == item[..]
+                    && shape[0] > 0
+                    && shape[0].checked_mul(per_item) == Some(data.len()) =>
+            {
+                out.extend(data.chunks_exact(per_item).map(|d| Input::Tensor {
+                    data: d,
+                    shape: item,
+                }));
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The error for an image sent to a model whose artifact has no preprocessing.
+pub(crate) fn no_preprocessing(spec: &crate::manifest::InputSpec) -> InputError {
+    InputError::NoPreprocessing {
+        expected: format!(
+            "{} of values as the network takes them",
+            preprocess::expected_tensor(spec)
+        ),
+    }
+}
+
 /// Serves models from a repository by name through a shared [`ModelCache`]. `&self`
 /// everywhere: share one runtime between threads.
+///
+/// ```
+/// use std::sync::Arc;
+/// use edgemm::{Input, Runtime, RuntimeOptions};
+///
+/// let mut options = RuntimeOptions::new("../models/repository");
+/// # let cache = tempfile::tempdir().unwrap();
+/// options.cache_dir = cache.path().to_path_buf(); // where artifacts are extracted
+/// options.cache.memory_budget = 256 << 20; // bytes of loaded weights
+/// options.top_k = 3;
+/// let runtime = Arc::new(Runtime::new(options)?);
+///
+/// // One runtime, several threads: the model is extracted and loaded once.
+/// let photo = std::fs::read("../models/samples/cifar10/cat/0000.jpg").unwrap();
+/// std::thread::scope(|s| {
+///     for _ in 0..2 {
+///         s.spawn(|| runtime.invoke("cifar.tar.gz", Input::Image(&photo)).unwrap());
+///     }
+/// });
+/// assert_eq!(runtime.cache().describe("cifar.tar.gz")?.loads, 1);
+/// # Ok::<(), edgemm::Error>(())
+/// ```
 pub struct Runtime {
     options: RuntimeOptions,
     cache: ModelCache,
@@ -266,28 +374,94 @@ impl Runtime {
     }
 
     /// Runs model `name` on one input (which may itself be a batch of tensors).
+    ///
+    /// ```
+    /// use edgemm::{ErrorKind, Input, Runtime, RuntimeOptions};
+    ///
+    /// # let cache = tempfile::tempdir().unwrap();
+    /// # let mut options = RuntimeOptions::new("../models/repository");
+    /// # options.cache_dir = cache.path().to_path_buf();
+    /// let runtime = Runtime::new(options)?;
+    ///
+    /// // An encoded photo, preprocessed as the artifact's manifest says.
+    /// let photo = std::fs::read("../models/samples/cifar10/ship/0000.jpg").unwrap();
+    /// let response = runtime.invoke("cifar.tar.gz", Input::Image(&photo))?;
+    /// let probabilities = &response.predictions[0].probabilities;
+    /// assert_eq!(probabilities.len(), 10);
+    /// assert!((probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    /// println!("{:?} in {} us", response.predictions[0].top_k[0], response.timing.total_us);
+    ///
+    /// // A tensor in the manifest's layout (NHWC, floats in [0, 1] for this model).
+    /// let data = vec![0.5f32; 32 * 32 * 3];
+    /// runtime.invoke("cifar.tar.gz", Input::Tensor { data: &data, shape: &[1, 32, 32, 3] })?;
+    ///
+    /// // Errors say what went wrong; nothing panics.
+    /// let err = runtime.invoke("no-such-model.tar.gz", Input::Image(&photo)).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NotFound);
+    /// let err = runtime.invoke("cifar.tar.gz", Input::Image(b"not an image")).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::BadInput);
+    /// # Ok::<(), edgemm::Error>(())
+    /// ```
     pub fn invoke(&self, name: &str, input: Input<'_>) -> Result<Response> {
         self.invoke_batch(name, &[input])
     }
 
-    /// Runs model `name` on several inputs as one batch.
+    /// The most items one forward pass of `model` takes: [`RuntimeOptions::max_batch`], or
+    /// when that is 0, as many as a quarter of the memory budget holds activations for
+    /// ([`LoadedModel::activation_bytes_per_item`]), between 1 and 256.
+    pub fn max_batch(&self, model: &LoadedModel) -> usize {
+        if self.options.max_batch > 0 {
+            return self.options.max_batch;
+        }
+        let share = self.options.cache.memory_budget / 4;
+        let fits = share / model.activation_bytes_per_item.max(1);
+        (fits as usize).clamp(1, MAX_AUTO_BATCH)
+    }
+
+    /// Runs model `name` on several inputs, at most [`Runtime::max_batch`] items per forward
+    /// pass (each chunk is decoded, preprocessed and run before the next), so the memory a
+    /// request takes is bounded whatever its item count.
     pub fn invoke_batch(&self, name: &str, inputs: &[Input<'_>]) -> Result<Response> {
         let start = Instant::now();
         let model = self.cache.lease(name)?;
         let loaded = Instant::now();
-        let (data, n) = model.batch(inputs, &self.options.image_limits)?;
-        let prepared = Instant::now();
-        let rows = model.probabilities(data, n)?;
+        let item = preprocess::item_shape(&model.manifest.input);
+        let items = single_items(inputs, &item);
+        if items.is_empty() {
+            // The same refusal a whole batch would get (an empty batch).
+            model.batch(inputs, &self.options.image_limits)?;
+        }
+        let max = self.max_batch(&model);
+        let (mut preprocess, mut inference) = (Duration::ZERO, Duration::ZERO);
+        let mut rows = Vec::with_capacity(items.len());
+        let mut forward_passes = 0;
+        for chunk in items.chunks(max) {
+            let t0 = Instant::now();
+            let (data, n) = model.batch(chunk, &self.options.image_limits)?;
+            let t1 = Instant::now();
+            let offset = rows.len();
+            rows.extend(model.probabilities(data, n).map_err(|e| match e {
+                Error::NonFiniteOutput { name, item } => Error::NonFiniteOutput {
+                    name,
+                    item: offset + item,
+                },
+                other => other,
+            })?);
+            preprocess += t1 - t0;
+            inference += t1.elapsed();
+            forward_passes += 1;
+        }
         let predictions = model.predictions(rows, self.options.top_k);
         let done = Instant::now();
         Ok(Response {
             predictions,
             timing: Timing {
                 load_us: micros(loaded - start),
-                preprocess_us: micros(prepared - loaded),
-                inference_us: micros(done - prepared),
+                preprocess_us: micros(preprocess),
+                inference_us: micros(inference),
                 total_us: micros(done - start),
             },
+            forward_passes,
         })
     }
 }

@@ -5,145 +5,13 @@
 
 mod common;
 
+use common::cache_fixture::*;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use candle_core::Device;
-use edgemm::cache::UnloadReason;
-use edgemm::manifest::Manifest;
-use edgemm::{
-    ArtifactLimits, CacheEvent, CacheOptions, Error, ErrorKind, Input, ModelCache, ModelRepository,
-    ModelState,
-};
-
-/// An alexnet-small with 8x8 input and a few channels: about 1 KB of weights.
-fn tiny_manifest(hidden: usize) -> Manifest {
-    let mut m = common::alexnet_manifest();
-    m.config = serde_json::json!({ "input_size": 8, "channels": [2, 2, 2], "hidden": hidden });
-    m.input.height = 8;
-    m.input.width = 8;
-    m
-}
-
-fn name(i: usize) -> String {
-    format!("m{i:02}.tar.gz")
-}
-
-/// The same 8x8 input for every request.
-fn input() -> Vec<f32> {
-    (0..8 * 8 * 3).map(|i| (i % 17) as f32 / 17.0).collect()
-}
-
-struct Repo {
-    dir: tempfile::TempDir,
-    /// Bytes one model holds in memory.
-    model_bytes: u64,
-}
-
-impl Repo {
-    /// `n` tiny models `m00.tar.gz`.. with seeds 100, 101, ...
-    fn new(n: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..n {
-            common::pack_seeded(
-                &tiny_manifest(4),
-                100 + i as u64,
-                &dir.path().join("repo"),
-                &name(i),
-            );
-        }
-        let specs = edgemm_models::architecture("alexnet-small")
-            .unwrap()
-            .tensor_specs(&tiny_manifest(4).config)
-            .unwrap();
-        let model_bytes = specs.iter().map(|s| 4 * s.numel() as u64).sum();
-        Self { dir, model_bytes }
-    }
-
-    fn repo(&self) -> PathBuf {
-        self.dir.path().join("repo")
-    }
-
-    fn cache_dir(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn cache(&self, options: CacheOptions) -> ModelCache {
-        self.cache_at(&self.cache_dir(), options)
-    }
-
-    /// A cache over this repository with its copies somewhere else.
-    fn cache_at(&self, cache_dir: &std::path::Path, options: CacheOptions) -> ModelCache {
-        ModelCache::new(
-            ModelRepository::new(self.repo()),
-            cache_dir,
-            Device::Cpu,
-            ArtifactLimits::default(),
-            options,
-        )
-        .unwrap()
-    }
-
-    fn options(&self, models_in_memory: u64) -> CacheOptions {
-        CacheOptions {
-            memory_budget: models_in_memory * self.model_bytes,
-            event_log: 1 << 20,
-            ..CacheOptions::default()
-        }
-    }
-}
-
-/// The probabilities a model answers for [`input`].
-fn answer(cache: &ModelCache, name: &str) -> Vec<f32> {
-    let lease = cache.lease(name).unwrap();
-    let (data, n) = lease
-        .batch(
-            &[Input::Tensor {
-                data: &input(),
-                shape: &[8, 8, 3],
-            }],
-            &Default::default(),
-        )
-        .unwrap();
-    lease.probabilities(data, n).unwrap().remove(0)
-}
-
-/// Reference answers, from a cache with room for everything.
-fn reference_answers(repo: &Repo, n: usize) -> Vec<Vec<f32>> {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = repo.cache_at(dir.path(), CacheOptions::default());
-    (0..n).map(|i| answer(&cache, &name(i))).collect()
-}
-
-/// Events as short strings, e.g. "load m03", "unload m01 evicted", "hit m00".
-fn script(events: &[CacheEvent]) -> Vec<String> {
-    let short = |n: &str| n.trim_end_matches(".tar.gz").to_string();
-    events
-        .iter()
-        .map(|e| match e {
-            CacheEvent::Hit { name } => format!("hit {}", short(name)),
-            CacheEvent::Extract { name, .. } => format!("extract {}", short(name)),
-            CacheEvent::Load { name, .. } => format!("load {}", short(name)),
-            CacheEvent::LoadFailed { name } => format!("failed {}", short(name)),
-            CacheEvent::Unload { name, reason, .. } => {
-                let reason = match reason {
-                    UnloadReason::Evicted => "evicted",
-                    UnloadReason::Explicit => "explicit",
-                    UnloadReason::CacheDisabled => "disabled",
-                };
-                format!("unload {} {reason}", short(name))
-            }
-            CacheEvent::DeleteCopy { name, .. } => format!("delete {}", short(name)),
-            CacheEvent::Refused { name, .. } => format!("refused {}", short(name)),
-        })
-        .collect()
-}
-
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|s| s.to_string()).collect()
-}
+use edgemm::{CacheEvent, CacheOptions, Error, ErrorKind, Input, ModelState};
 
 /// Acceptance 1: 20 models, room for 3; a scripted sequence gives exactly the expected loads,
 /// unloads and hits.
@@ -313,7 +181,7 @@ fn insufficient(err: &Error) -> (&'static str, u64, u64) {
 #[test]
 fn too_big_or_all_pinned_is_refused() {
     let repo = Repo::new(3);
-    common::pack_seeded(&tiny_manifest(64), 9, &repo.repo(), "big.tar.gz");
+    common::pack_seeded(&tiny_manifest(4096), 9, &repo.repo(), "big.tar.gz");
     let expected = reference_answers(&repo, 3);
     let cache = repo.cache(CacheOptions {
         memory_wait: Duration::from_millis(200),
@@ -441,9 +309,9 @@ fn crash_leftovers_are_cleaned_and_corrupt_copies_reextracted() {
     let models = repo.cache_dir().join("models");
     let partial = models.join(".partial-999-0-m00.tar.gz");
     std::fs::create_dir_all(&partial).unwrap();
+    // Written first into every directory edgemm creates, as proof it is its own.
+    std::fs::write(partial.join(".edgemm-owner"), b"999\n").unwrap();
     std::fs::write(partial.join("model.safetensors"), b"half").unwrap();
-    let stray = models.join("not-ours");
-    std::fs::create_dir_all(&stray).unwrap();
     // Corrupt the complete copy's weights, keeping its size.
     let weights = models.join("m00.tar.gz").join("model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
@@ -453,7 +321,6 @@ fn crash_leftovers_are_cleaned_and_corrupt_copies_reextracted() {
 
     let cache = repo.cache(repo.options(1));
     assert!(!partial.exists(), "partial extraction left in place");
-    assert!(!stray.exists());
     assert_eq!(answer(&cache, &name(0)), expected);
     assert_eq!(
         script(&cache.take_events()),
@@ -564,76 +431,4 @@ fn list_and_describe() {
         cache.describe("../x"),
         Err(Error::InvalidModelName { .. })
     ));
-}
-
-/// Several processes sharing one cache directory, all extracting the same models at once,
-/// each get correct answers and leave one intact copy per model (the file lock at work).
-#[test]
-fn processes_sharing_a_cache_directory_do_not_collide() {
-    use std::io::Write;
-    use std::process::Stdio;
-    let repo = Repo::new(3);
-    let expected = reference_answers(&repo, 3);
-    let values: Vec<f32> = input();
-    let rows: Vec<Vec<[f32; 3]>> = values
-        .chunks(24)
-        .map(|row| row.chunks(3).map(|p| [p[0], p[1], p[2]]).collect())
-        .collect();
-    let body = serde_json::json!({ "instances": [rows] }).to_string();
-    let children: Vec<_> = (0..6)
-        .map(|i| {
-            let mut child = common::cli()
-                .arg("--cache-dir")
-                .arg(repo.cache_dir())
-                .args(["invoke", "--model", &name(i % 3), "--repo"])
-                .arg(repo.repo())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
-            (i % 3, child)
-        })
-        .collect();
-    for (model, child) in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let got: Vec<f32> = answer["predictions"][0]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        for (a, b) in got.iter().zip(&expected[model]) {
-            assert!(
-                (a - b).abs() < 1e-6,
-                "model {model}: {got:?} vs {:?}",
-                expected[model]
-            );
-        }
-    }
-    let mut dirs: Vec<String> = std::fs::read_dir(repo.cache_dir().join("models"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    dirs.sort();
-    assert_eq!(dirs, strings(&["m00.tar.gz", "m01.tar.gz", "m02.tar.gz"]));
-    // And the copies are intact: a new cache adopts and loads them without extracting.
-    let cache = repo.cache(repo.options(3));
-    for (i, expected) in expected.iter().enumerate() {
-        assert_eq!(&answer(&cache, &name(i)), expected);
-    }
-    assert!(!script(&cache.take_events())
-        .iter()
-        .any(|e| e.starts_with("extract")));
 }

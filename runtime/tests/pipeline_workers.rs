@@ -222,7 +222,9 @@ fn a_slow_model_costs_frames_not_push_time() {
         "{stats:?}"
     );
     assert!(stats.infer.p50_us >= 50_000 && stats.infer.max_us >= stats.infer.p95_us);
-    assert!(stats.fps > 5.0 && stats.fps <= 21.0, "{}", stats.fps);
+    // At most the model's 20 frames a second; the floor only shows the worker kept running (a
+    // machine busy with other tests starves it for whole seconds, so it is set low).
+    assert!(stats.fps > 2.0 && stats.fps <= 21.0, "{}", stats.fps);
     let sequences: Vec<u64> = h
         .events
         .try_iter()

@@ -1,4 +1,5 @@
-//! edgemm's hand-written frame conversion and resize against the crates DESIGN.md asks to try:
+//! edgemm's hand-written frame conversion and resize against the crates made for it
+//! (docs/design.md#camera-frame-pipeline):
 //! yuvutils-rs (YUV -> RGB with SIMD) and fast_image_resize. Input: a shipped sign photo filmed
 //! as a 640x480 NV12 camera frame (the kiosk's replay), and its 480x480 hand square resized to
 //! the sign model's 224x224, as the pipeline does per frame.

@@ -56,7 +56,7 @@ pub fn tree_path(relative: &str) -> PathBuf {
 }
 
 /// The data directory: `$EDGEMM_DATA`, else `../shared/data` beside the repository, if it is
-/// there (see the README's data section).
+/// there (see README.md#data-sets).
 pub fn shared_data() -> Option<PathBuf> {
     let dir = std::env::var_os("EDGEMM_DATA")
         .map(PathBuf::from)

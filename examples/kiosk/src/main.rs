@@ -1,5 +1,5 @@
-//! `edgemm-kiosk`: the offline hand-sign kiosk demo. See the crate documentation and the
-//! README's kiosk section.
+//! `edgemm-kiosk`: the offline hand-sign kiosk demo. See the crate documentation and
+//! examples/kiosk/README.md.
 
 use std::io::Write;
 use std::path::PathBuf;

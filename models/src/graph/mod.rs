@@ -40,6 +40,32 @@ pub const MAX_NODES: usize = 4096;
 pub const MAX_DIM: usize = 1 << 16;
 
 /// A network: its input, its nodes in a topological order, and the value it answers.
+///
+/// Every architecture is one; the tensor list, the candle reference and the plan over the
+/// fast kernels are all read from it.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use edgemm_models::graph::{planner, reference::GraphNetwork};
+/// use edgemm_models::{architecture, init, Classifier, Isa};
+///
+/// let config = serde_json::json!({ "classes": 10 });
+/// let graph = architecture("alexnet-small")?.graph(&config)?;
+/// let summary = graph.summary()?; // per node: op, output shape, parameters, FLOPs
+/// assert_eq!(summary[0].op, "conv");
+/// assert_eq!(summary.last().unwrap().shape, "10");
+///
+/// // Seeded weights with the graph's tensor list, then the graph read two ways.
+/// let weights = init::seeded_weights(&graph.tensor_specs()?, 7, &Device::Cpu)?;
+/// let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+/// let reference = GraphNetwork::new(&graph, vb.clone())?;
+/// let plan = planner::plan(&graph, &vb, Isa::best(), "alexnet-small")?;
+/// let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu)?;
+/// let (a, b) = (reference.forward(&x)?, plan.forward(&x)?);
+/// let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+/// assert!(diff < 1e-3, "candle and the fast kernels differ by {diff}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Graph {
@@ -203,6 +229,17 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A `k x k` window at stride `k`, no padding (`nn.MaxPool2d(k)`).
+    pub fn square(k: usize) -> Self {
+        Pool {
+            kernel: [k; 2],
+            stride: [k; 2],
+            pads: [0; 4],
+            ceil_mode: false,
+            count_include_pad: false,
+        }
+    }
+
     /// Output rows and columns for an `h x w` map, or `None` when the window does not fit.
     pub fn out_size(&self, (h, w): (usize, usize)) -> Option<(usize, usize)> {
         let axis = |len: usize, k: usize, s: usize, before: usize, after: usize| {
@@ -241,6 +278,19 @@ pub struct Dense {
     pub layout: DenseLayout,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
+}
+
+impl Dense {
+    /// PyTorch's `nn.Linear` under `prefix`: `{prefix}.weight` `[out, in]`, `{prefix}.bias`.
+    pub fn torch(prefix: &str, in_features: usize, out_features: usize) -> Self {
+        Dense {
+            in_features,
+            out_features,
+            weight: format!("{prefix}.weight"),
+            layout: DenseLayout::OutIn,
+            bias: Some(format!("{prefix}.bias")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

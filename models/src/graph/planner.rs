@@ -13,7 +13,7 @@
 //!   order), whose algorithm (Winograd F(4x4) or F(2x2), direct, implicit-im2col GEMM) the
 //!   kernels choose from the layer's shape and, for a fixed input size, its map's side;
 //! - a depthwise convolution with its batch norm and ReLU/ReLU6 becomes a [`Depthwise`] step;
-//! - a dense layer with its ReLU/ReLU6 a [`Dense`] step; pools, activations, batch norm on its
+//! - a dense layer with its ReLU/ReLU6 a [`Dense`](crate::kernels::dense::Dense) step; pools, activations, batch norm on its
 //!   own, adds and multiplies (with a following activation), flatten and concat their own
 //!   kernels;
 //! - softmax over flat features its own kernel;
@@ -318,17 +318,8 @@ fn lower_node(
             (Step::Depthwise(dw), vec![x], ch.nodes)
         }
         Op::Dense(d) => {
-            let ch = chain(g, i, false);
-            let dense = plan::dense_named(
-                isa,
-                w.vb,
-                (&d.weight, d.bias.as_deref()),
-                (d.out_features, d.in_features),
-                d.layout == super::DenseLayout::InOut,
-                ch.activation,
-                |k| k,
-            )?;
-            (Step::Dense(dense), vec![x], ch.nodes)
+            let (dense, nodes) = lower_dense(g, w, isa, i, d, |k| k)?;
+            (Step::Dense(dense), vec![x], nodes)
         }
         Op::BatchNorm(bn) => {
             let (scale, shift) = w.batch_norm(bn)?;
@@ -362,7 +353,16 @@ fn lower_node(
             (Step::Pool(p.clone(), PoolKind::Max), vec![x], vec![i])
         }
         Op::AvgPool(p) => (Step::Pool(p.clone(), PoolKind::Average), vec![x], vec![i]),
-        Op::Flatten => (Step::Flatten, vec![x], vec![i]),
+        Op::Flatten => match flatten_into_dense(g, i, in_shape) {
+            // The dense layer reads the NHWC map itself, its weight columns permuted to the
+            // NCHW flatten's order: no step moves the data.
+            Some((j, d, (c, h, w_))) => {
+                let column = kernels::dense::nchw_column(h, w_, c);
+                let (dense, nodes) = lower_dense(g, w, isa, j, d, column)?;
+                (Step::Dense(dense), vec![x], [vec![i], nodes].concat())
+            }
+            None => (Step::Flatten, vec![x], vec![i]),
+        },
         Op::Softmax => (Step::Softmax, vec![x], vec![i]),
         Op::Concat => {
             let inputs = g.inputs[i]
@@ -389,6 +389,50 @@ fn lower_node(
             (step, inputs, vec![i])
         }
     })
+}
+
+/// A dense layer at node `i` with the activation it fuses; input feature `k` multiplies weight
+/// column `column(k)`.
+fn lower_dense(
+    g: &Graphed,
+    w: &Weights,
+    isa: Isa,
+    i: usize,
+    d: &super::Dense,
+    column: impl Fn(usize) -> usize,
+) -> Result<(kernels::dense::Dense, Vec<usize>)> {
+    let ch = chain(g, i, false);
+    let dense = plan::dense_named(
+        isa,
+        w.vb,
+        (&d.weight, d.bias.as_deref()),
+        (d.out_features, d.in_features),
+        d.layout == super::DenseLayout::InOut,
+        ch.activation,
+        column,
+    )?;
+    Ok((dense, ch.nodes))
+}
+
+/// The dense layer that alone reads flatten node `i`, with the flattened map's `(c, h, w)`,
+/// when the map's size is known at plan time: the graph's input size is fixed, or the map is
+/// one pixel (after global pooling), where any input size flattens alike.
+fn flatten_into_dense<'g>(
+    g: &'g Graphed,
+    i: usize,
+    in_shape: Shape,
+) -> Option<(usize, &'g super::Dense, (usize, usize, usize))> {
+    let Shape::Map { c, h, w } = in_shape else {
+        return None;
+    };
+    if g.graph.input.size.is_none() && (h, w) != (1, 1) {
+        return None;
+    }
+    let j = g.sole_reader(i)?;
+    match g.op(j) {
+        Op::Dense(d) => Some((j, d, (c, h, w))),
+        _ => None,
+    }
 }
 
 /// An inverted-residual block starting at node `i`, if one does: its fused step.

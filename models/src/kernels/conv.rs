@@ -194,7 +194,7 @@ pub struct Conv {
 impl Conv {
     /// `weight` is OIHW `[c_out, c_in, kernel, kernel]` (PyTorch's layout), `bias` `[c_out]`.
     /// 3x3 stride-1 convolutions with at least 16 input channels use Winograd, wider than 1x1
-    /// ones with few channels ([`DIRECT_MAX_CHANNELS`]) the direct kernel, the others im2col.
+    /// ones with few channels (`DIRECT_MAX_CHANNELS`) the direct kernel, the others im2col.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         isa: Isa,
@@ -228,7 +228,7 @@ impl Conv {
 
     /// As [`Conv::new`], for a network whose input size is fixed: `side` is the side of the
     /// square map the layer sees, and a Winograd layer on a map of at most
-    /// [`WINOGRAD_F2_MAX_SIDE`] uses F(2x2, 3x3), whose transformed weights are 16/9 of the
+    /// `WINOGRAD_F2_MAX_SIDE` uses F(2x2, 3x3), whose transformed weights are 16/9 of the
     /// 3x3 ones where F(4x4)'s are 36/9: on a small map the GEMMs have few rows, and the time
     /// goes into streaming those weights.
     #[allow(clippy::too_many_arguments)]

@@ -188,25 +188,29 @@ fn gemv16(isa: Isa, x: &[f32], k: usize, strip: &[u16], acc: &mut [f32]) {
         use super::{x86_64, Arch};
         let row = |i: usize| x[i * k..].as_ptr();
         let (w, a) = (strip.as_ptr(), acc.as_mut_ptr());
-        // SAFETY (every call): the rows hold k values each, the strip (checked) nr * k, acc
+        // The safety of every call below: the rows hold k values each, the strip (checked) nr * k, acc
         // nr per row; the kernel's instruction set is the Isa's, which it can only be when
         // the CPU has it (F16C is tested here).
         match (isa.arch(), nr, rows) {
             (Arch::Avx512, 32, 1) => {
-                return unsafe { x86_64::avx512_gemv16_strip::<1, 4>(k, [row(0)], w, a) }
+                // SAFETY: the lengths asserted above; the kernel's instruction set is the Isa's.
+                return unsafe { x86_64::avx512_gemv16_strip::<1, 4>(k, [row(0)], w, a) };
             }
             (Arch::Avx512, 32, F16_ROWS) => {
+                // SAFETY: the lengths asserted above; the kernel's instruction set is the Isa's.
                 return unsafe {
                     x86_64::avx512_gemv16_strip::<F16_ROWS, 1>(k, std::array::from_fn(row), w, a)
-                }
+                };
             }
             (Arch::Avx2, 16, 1) if std::arch::is_x86_feature_detected!("f16c") => {
-                return unsafe { x86_64::avx2_gemv16_strip::<1, 4>(k, [row(0)], w, a) }
+                // SAFETY: the lengths asserted above; AVX2 is the Isa's, F16C tested in the guard.
+                return unsafe { x86_64::avx2_gemv16_strip::<1, 4>(k, [row(0)], w, a) };
             }
             (Arch::Avx2, 16, F16_ROWS) if std::arch::is_x86_feature_detected!("f16c") => {
+                // SAFETY: the lengths asserted above; AVX2 is the Isa's, F16C tested in the guard.
                 return unsafe {
                     x86_64::avx2_gemv16_strip::<F16_ROWS, 1>(k, std::array::from_fn(row), w, a)
-                }
+                };
             }
             _ => {}
         }

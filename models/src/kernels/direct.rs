@@ -19,7 +19,7 @@ use super::{parallel, Fused, Isa};
 const PAD: usize = 32;
 
 /// Weights of a direct convolution, `[ky][kx][c_in][c_out]` with `c_out` padded with zeros
-/// to a multiple of [`PAD`].
+/// to a multiple of `PAD`.
 pub struct DirectWeights {
     weights: Vec<f32>,
     c_out: usize,

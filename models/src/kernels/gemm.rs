@@ -270,7 +270,7 @@ pub trait PackA: Sync {
     fn pack(&self, m0: usize, k0: usize, kc: usize, mr: usize, out: &mut [f32]);
 
     /// The whole operand as a row-major matrix with rows `lda` apart, when the source stores
-    /// it so: the microkernels then read it in place ([`Microkernel::run_rows`]).
+    /// it so: the microkernels then read it in place (`Microkernel::run_rows`).
     fn row_major(&self) -> Option<(&[f32], usize)> {
         None
     }

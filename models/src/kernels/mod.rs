@@ -20,9 +20,9 @@
 //!
 //! # Instruction sets
 //!
-//! The GEMM microkernel is written per architecture ([`x86_64`] with AVX-512 and AVX2+FMA,
-//! [`arm64`] with NEON, [`generic`] portable); the other kernels are portable Rust compiled
-//! once per instruction set through [`multiversion!`], so each is vectorised for the machine
+//! The GEMM microkernel is written per architecture (`x86_64.rs` with AVX-512 and AVX2+FMA,
+//! `arm64.rs` with NEON, `generic.rs` portable); the other kernels are portable Rust compiled
+//! once per instruction set through `multiversion!`, so each is vectorised for the machine
 //! it runs on. An [`Isa`] value can only be made for an instruction set the CPU has, which is
 //! what makes running the feature-gated code sound. Every kernel takes the [`Isa`] to use, so
 //! tests run the portable fallback on any machine.
@@ -381,10 +381,16 @@ macro_rules! multiversion_unsafe {
             unsafe fn body<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) { unsafe { body::<true>($($arg),*) } }
+            unsafe fn avx512($($arg: $ty),*) {
+                // SAFETY: `body`'s contract is this function's, which its caller upholds.
+                unsafe { body::<true>($($arg),*) }
+            }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) { unsafe { body::<true>($($arg),*) } }
+            unsafe fn avx2($($arg: $ty),*) {
+                // SAFETY: `body`'s contract is this function's, which its caller upholds.
+                unsafe { body::<true>($($arg),*) }
+            }
             match isa.arch() {
                 // SAFETY: an `Isa` holds an instruction set only when the CPU has it; the rest
                 // of the contract is the caller's.

@@ -172,7 +172,7 @@ unsafe fn avx512_short(
     ldc: usize,
     store: &Store,
 ) {
-    // SAFETY (every arm): the caller's contract; each kernel reads the first R rows of the
+    // SAFETY: every arm: the caller's contract; each kernel reads the first R rows of the
     // 12-row panel.
     unsafe {
         short_panel!(avx512_panel, rows, (kc, a, b, c, ldc, store), 1 2 3 4 5 6 7 8 9 10 11; 12)
@@ -285,7 +285,7 @@ unsafe fn avx2_short(
     ldc: usize,
     store: &Store,
 ) {
-    // SAFETY (every arm): the caller's contract; each kernel reads the first R rows of the
+    // SAFETY: every arm: the caller's contract; each kernel reads the first R rows of the
     // 6-row panel.
     unsafe { short_panel!(avx2_panel, rows, (kc, a, b, c, ldc, store), 1 2 3 4 5; 6) }
 }
@@ -458,6 +458,7 @@ unsafe fn store_avx512<const R: usize, const H: usize>(
     let bias = if store.bias.is_null() {
         [zero; 2]
     } else {
+        // SAFETY: a bias lane is read only where its mask bit is set (see above).
         std::array::from_fn(|h| unsafe {
             _mm512_maskz_loadu_ps(mask[h], store.bias.wrapping_add(16 * h))
         })
@@ -470,6 +471,7 @@ unsafe fn store_avx512<const R: usize, const H: usize>(
             let i: usize = $i;
             let pair: &[__m512; 2] = $pair;
             for (h, &v) in pair.iter().enumerate().take(H) {
+                // SAFETY: only masked-in lanes of rows < rows are read and written (see above).
                 unsafe {
                     let at = c.wrapping_add(i * ldc + 16 * h);
                     let mut v = v;
@@ -534,12 +536,14 @@ unsafe fn store_avx512_whole<const R: usize, const H: usize, const ACC: bool, co
     // list that adds it, which then is not null), which the contract makes valid.
     if ACC {
         each_vector!(tile, H, |v, i, h| {
+            // SAFETY: row i < R and columns 16 h..+16 lie inside the tile the contract makes valid.
             *v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(c.add(i * ldc + 16 * h)) });
         });
     }
     if EPI {
         if !store.bias.is_null() {
             each_vector!(tile, H, |v, _i, h| {
+                // SAFETY: the bias holds the tile's 16 H columns (the contract), and it is not null here.
                 *v = _mm512_add_ps(*v, unsafe { _mm512_loadu_ps(store.bias.add(16 * h)) });
             });
         }
@@ -556,6 +560,7 @@ unsafe fn store_avx512_whole<const R: usize, const H: usize, const ACC: bool, co
                     each_vector!(tile, H, |v, _i, _h| { *v = hard_swish!(512, *v) });
                 }
                 PostOp::Residual => each_vector!(tile, H, |v, i, h| {
+                    // SAFETY: a list that adds a residual has a non-null residual of the tile's shape (the contract).
                     let r = unsafe { _mm512_loadu_ps(store.residual.add(i * store.ldr + 16 * h)) };
                     *v = _mm512_add_ps(*v, r);
                 }),
@@ -563,6 +568,7 @@ unsafe fn store_avx512_whole<const R: usize, const H: usize, const ACC: bool, co
         }
     }
     each_vector!(tile, H, |v, i, h| {
+        // SAFETY: row i < R and columns 16 h..+16 lie inside the tile the contract makes valid.
         unsafe { _mm512_storeu_ps(c.add(i * ldc + 16 * h), *v) };
     });
 }
@@ -635,6 +641,7 @@ unsafe fn store_avx2<const R: usize>(
                 if !used[h] {
                     continue;
                 }
+                // SAFETY: only the halves marked used, inside the tile, are read and written (see above).
                 unsafe {
                     let at = c.wrapping_add(i * ldc + 8 * h);
                     let mut v = v;
@@ -699,12 +706,14 @@ unsafe fn store_avx2_whole<const R: usize, const ACC: bool, const EPI: bool>(
     // SAFETY (all loads and stores below): as in `store_avx512_whole`, for 16 columns.
     if ACC {
         each_vector!(tile, 2, |v, i, h| {
+            // SAFETY: row i < R and columns 8 h..+8 lie inside the tile the contract makes valid.
             *v = _mm256_add_ps(*v, unsafe { _mm256_loadu_ps(c.add(i * ldc + 8 * h)) });
         });
     }
     if EPI {
         if !store.bias.is_null() {
             each_vector!(tile, 2, |v, _i, h| {
+                // SAFETY: the bias holds the tile's 16 columns (the contract), and it is not null here.
                 *v = _mm256_add_ps(*v, unsafe { _mm256_loadu_ps(store.bias.add(8 * h)) });
             });
         }
@@ -721,6 +730,7 @@ unsafe fn store_avx2_whole<const R: usize, const ACC: bool, const EPI: bool>(
                     each_vector!(tile, 2, |v, _i, _h| { *v = hard_swish!(256, *v) });
                 }
                 PostOp::Residual => each_vector!(tile, 2, |v, i, h| {
+                    // SAFETY: a list that adds a residual has a non-null residual of the tile's shape (the contract).
                     let r = unsafe { _mm256_loadu_ps(store.residual.add(i * store.ldr + 8 * h)) };
                     *v = _mm256_add_ps(*v, r);
                 }),
@@ -728,6 +738,7 @@ unsafe fn store_avx2_whole<const R: usize, const ACC: bool, const EPI: bool>(
         }
     }
     each_vector!(tile, 2, |v, i, h| {
+        // SAFETY: row i < R and columns 8 h..+8 lie inside the tile the contract makes valid.
         unsafe { _mm256_storeu_ps(c.add(i * ldc + 8 * h), *v) };
     });
 }

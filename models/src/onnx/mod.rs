@@ -140,6 +140,34 @@ pub fn import_file(path: &std::path::Path) -> Result<Imported> {
 }
 
 /// Reads an ONNX model from its bytes.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use candle_core::{DType, Device, Tensor};
+/// use edgemm_models::graph::planner;
+/// use edgemm_models::{onnx, Classifier, Isa};
+///
+/// // A small torchvision MobileNetV3 committed for the tests (paths are from models/).
+/// let bytes = std::fs::read("tests/onnx/mobilenet_v3_small_w050_c10.onnx")?;
+/// let imported = onnx::import(&bytes)?;
+/// assert_eq!(imported.graph.classes()?, 10);
+///
+/// // Its initializers are the weights; the graph plans onto the fast kernels like any other.
+/// let tensors: HashMap<String, Tensor> = imported
+///     .tensors
+///     .iter()
+///     .map(|(name, shape, values)| {
+///         Ok((name.clone(), Tensor::from_slice(values, shape.as_slice(), &Device::Cpu)?))
+///     })
+///     .collect::<candle_core::Result<_>>()?;
+/// let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+/// let plan = planner::plan(&imported.graph, &vb, Isa::best(), "graph")?;
+/// let logits = plan.forward(&Tensor::zeros((1, 3, 224, 224), DType::F32, &Device::Cpu)?)?;
+/// assert_eq!(logits.dims(), &[1, 10]);
+///
+/// assert!(onnx::import(&bytes[..bytes.len() / 2]).is_err()); // truncated: an error, no panic
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn import(bytes: &[u8]) -> Result<Imported> {
     let model = proto::ModelProto::decode(bytes)
         .map_err(|e| error(format!("not a readable ONNX model: {e}")))?;

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::status::{clear_last_error, edgemm_status, set_last_error};
+use super::status::{edgemm_status, set_last_error};
 use crate::error::Error;
 
 /// Why an export failed before or outside the library proper.
@@ -21,10 +21,9 @@ impl From<Error> for FfiError {
 
 pub(crate) type FfiResult = Result<(), FfiError>;
 
-/// Runs an export's body: clears the thread's last error, catches panics, maps errors to a
-/// status and records their message.
+/// Runs an export's body: catches panics, maps errors to a status and records their message
+/// as the thread's last error. A success leaves the last error as it was (as errno).
 pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> edgemm_status {
-    clear_last_error();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => edgemm_status::EDGEMM_OK,
         Ok(Err(FfiError::Null(what))) => {
@@ -111,4 +110,15 @@ pub(crate) unsafe fn slice_arg<'a, T>(
     }
     // SAFETY: non-NULL, `len` elements readable per the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// `value` within `min..=max`, or an invalid-argument error naming the field and its bounds.
+pub(crate) fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), FfiError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(FfiError::Invalid(format!(
+            "{field} is {value}, outside its range {min}..={max}"
+        )))
+    }
 }

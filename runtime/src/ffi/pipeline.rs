@@ -4,12 +4,14 @@
 use std::ffi::{c_char, c_void, CString};
 use std::sync::Arc;
 
-use super::boundary::{arg, boundary, guard, out, slice_arg, str_arg, FfiError};
+use super::boundary::{arg, boundary, check_range, guard, out, slice_arg, str_arg, FfiError};
 use super::runtime::edgemm_runtime;
 use super::status::edgemm_status;
 use crate::pipeline::frame::{Frame, PixelFormat, Roi, YuvRange};
+use crate::pipeline::smoothing::MAX_HOLD_FRAMES;
 use crate::pipeline::{
     Pipeline, PipelineEvent, PipelineOptions, RuntimeModel, SmoothingOptions, StageLatency,
+    MAX_WORKERS,
 };
 
 /// Pixel layouts `edgemm_frame` may hold. Planes are listed in order; "half" means
@@ -36,18 +38,6 @@ pub enum edgemm_pixel_format {
     /// 1 plane, 4 bytes per 2 pixels: Y0, U, Y1, V (half-width chroma).
     EDGEMM_PIXEL_YUYV = 8,
 }
-
-const FORMATS: [PixelFormat; 9] = [
-    PixelFormat::Rgb24,
-    PixelFormat::Bgr24,
-    PixelFormat::Rgba,
-    PixelFormat::Bgra,
-    PixelFormat::Gray8,
-    PixelFormat::Nv12,
-    PixelFormat::Nv21,
-    PixelFormat::I420,
-    PixelFormat::Yuyv,
-];
 
 /// Quantisation range of YUV frames (BT.601 matrix in both).
 #[repr(u32)]
@@ -87,7 +77,7 @@ pub struct edgemm_frame {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct edgemm_pipeline_options {
-    /// Inference worker threads, at least 1. Default 1.
+    /// Inference worker threads, 1..=64. Default 1.
     pub workers: u32,
     /// An `edgemm_yuv_range` value (read as a plain uint32_t; anything else is
     /// EDGEMM_ERR_INVALID_ARGUMENT). Default EDGEMM_YUV_LIMITED.
@@ -106,8 +96,8 @@ pub struct edgemm_pipeline_options {
     /// Smoothed probability below which the shown digit gives way to "no sign", at most
     /// `enter_threshold`. Default 0.4.
     pub exit_threshold: f32,
-    /// Consecutive frames a new digit (or "no sign") must last before it is reported, at
-    /// least 1. Default 3.
+    /// Consecutive frames a new digit (or "no sign") must last before it is reported,
+    /// 1..=1000000. Default 3.
     pub hold_frames: u32,
     /// Frame time (by `timestamp_us`) a new digit must last, milliseconds; 0 = no time rule.
     /// Default 0.
@@ -341,6 +331,9 @@ pub unsafe extern "C" fn edgemm_pipeline_new(
         let o = unsafe { arg(options, "options") }?;
         let f = callback.ok_or(FfiError::Null("callback"))?;
         let out_pipeline = out(out_pipeline, "out")?;
+        // Every count is bounded before anything is sized by it (issue #22, item 4).
+        check_range("options->workers", o.workers, 1, MAX_WORKERS as u32)?;
+        check_range("options->hold_frames", o.hold_frames, 1, MAX_HOLD_FRAMES)?;
         let yuv_range = match range {
             0 => YuvRange::Limited,
             1 => YuvRange::Full,
@@ -427,7 +420,7 @@ pub unsafe extern "C" fn edgemm_pipeline_push_frame(
         let bad = |message: String| {
             FfiError::Edgemm(crate::Error::BadInput(crate::InputError::Request(message)))
         };
-        let format = *FORMATS.get(format as usize).ok_or_else(|| {
+        let format = *PixelFormat::all().get(format as usize).ok_or_else(|| {
             bad(format!(
                 "frame->format {format} is not an edgemm_pixel_format"
             ))

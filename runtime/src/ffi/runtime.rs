@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::boundary::{arg, boundary, guard, out, str_arg, FfiError};
+use super::boundary::{arg, boundary, check_range, guard, out, str_arg, FfiError};
 use super::status::edgemm_status;
 use crate::{Runtime, RuntimeOptions};
 
@@ -25,22 +25,28 @@ pub struct edgemm_runtime_options {
     /// Directory of NAME.tar.gz artifacts. Required (NULL is EDGEMM_ERR_INVALID_ARGUMENT).
     /// Only read during `edgemm_runtime_new`.
     pub repository: *const c_char,
-    /// Where artifacts are extracted. NULL = $EDGEMM_CACHE_DIR, else ~/.cache/edgemm.
+    /// Where artifacts are extracted: a directory edgemm owns. NULL = the default
+    /// ($EDGEMM_CACHE_DIR, else $XDG_CACHE_HOME/edgemm, else ~/.cache/edgemm). "" is
+    /// EDGEMM_ERR_INVALID_ARGUMENT (it is never taken to mean the current directory). A missing
+    /// or empty directory is created and marked with a CACHEDIR.TAG; a directory holding
+    /// anything edgemm did not create is refused with EDGEMM_ERR_INVALID_ARGUMENT (the message
+    /// names it and one foreign entry), and nothing in it is deleted or changed.
     pub cache_dir: *const c_char,
-    /// Bytes of weights loaded models may hold. 0 = 1 GiB.
+    /// Bytes loaded models may hold (weights as held plus one item's activations each).
+    /// 0 = 1 GiB.
     pub memory_budget_bytes: u64,
     /// Bytes of extracted copies on disk. 0 = 4 GiB.
     pub disk_budget_bytes: u64,
     /// Milliseconds a load waits for memory held by requests in flight before it fails with
     /// EDGEMM_ERR_INSUFFICIENT_MEMORY. 0 = 10000.
     pub memory_wait_ms: u32,
-    /// Labels per prediction in results. 0 = 5.
+    /// Labels per prediction in results, at most 65536. 0 = 5.
     pub top_k: u32,
-    /// Largest encoded image, bytes. 0 = 4194304 (4 MB).
+    /// Largest encoded image, bytes, at most 67108864 (64 MiB). 0 = 4194304 (4 MB).
     pub max_image_bytes: u32,
-    /// Largest image side, pixels. 0 = 4096.
+    /// Largest image side, pixels, at most 16384. 0 = 4096.
     pub max_image_side: u32,
-    /// Largest aspect ratio (long side / short side). 0 = 20.
+    /// Largest aspect ratio (long side / short side), at most 16384. 0 = 20.
     pub max_aspect_ratio: u32,
     /// 1 = unload each model after its request (SageMaker's ModelCacheSetting=Disabled).
     /// 0 = keep models loaded (default).
@@ -70,6 +76,13 @@ pub extern "C" fn edgemm_runtime_default_options() -> edgemm_runtime_options {
     }
 }
 
+const MAX_TOP_K: u32 = 65536;
+/// The JSON request cap: an image larger than a whole request cannot arrive anyway.
+const MAX_IMAGE_BYTES: u32 = crate::json::MAX_REQUEST_BYTES as u32;
+/// A 16384 x 16384 RGB image decodes to 768 MiB; larger sides only let a small file claim
+/// more memory than a board has.
+const MAX_IMAGE_SIDE: u32 = 16384;
+
 fn or<T: PartialEq + Default>(value: T, default: T) -> T {
     if value == T::default() {
         default
@@ -83,7 +96,9 @@ fn or<T: PartialEq + Default>(value: T, default: T) -> T {
 /// first request for a name loads it.
 ///
 /// Returns EDGEMM_OK; EDGEMM_ERR_INVALID_ARGUMENT (NULL `options`, `options->repository` or
-/// `out`, non-UTF-8 paths); EDGEMM_ERR_INTERNAL (the cache directory cannot be created).
+/// `out`, non-UTF-8 paths, an empty `cache_dir`, a `cache_dir` holding files edgemm did not
+/// create, a count out of its range); EDGEMM_ERR_INTERNAL (the cache directory cannot be
+/// created).
 /// Thread-safety: any thread.
 ///
 /// # Safety
@@ -105,6 +120,26 @@ pub unsafe extern "C" fn edgemm_runtime_new(
             // SAFETY: the caller's contract.
             opts.cache_dir = PathBuf::from(unsafe { str_arg(o.cache_dir, "options->cache_dir") }?);
         }
+        // Every count is bounded before anything is sized by it (issue #22, item 4).
+        check_range("options->top_k", o.top_k, 0, MAX_TOP_K)?;
+        check_range(
+            "options->max_image_bytes",
+            o.max_image_bytes,
+            0,
+            MAX_IMAGE_BYTES,
+        )?;
+        check_range(
+            "options->max_image_side",
+            o.max_image_side,
+            0,
+            MAX_IMAGE_SIDE,
+        )?;
+        check_range(
+            "options->max_aspect_ratio",
+            o.max_aspect_ratio,
+            0,
+            MAX_IMAGE_SIDE,
+        )?;
         let defaults = RuntimeOptions::new(repository);
         opts.cache.memory_budget = or(o.memory_budget_bytes, defaults.cache.memory_budget);
         opts.cache.disk_budget = or(o.disk_budget_bytes, defaults.cache.disk_budget);

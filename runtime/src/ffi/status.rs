@@ -50,15 +50,14 @@ pub(crate) fn set_last_error(message: &str) {
     LAST_ERROR.with(|e| *e.borrow_mut() = Some(message));
 }
 
-pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|e| *e.borrow_mut() = None);
-}
-
 /// ==================== Errors ====================
 ///
-/// The message of the last failed call on this thread, or "" if the last call succeeded.
+/// The message of the last failed edgemm call on this thread, or "" if none has failed yet.
 ///
-/// The string belongs to edgemm and stays valid until the next edgemm call on this thread.
+/// Kept as errno is: only the next failing call on this thread replaces it; successful calls
+/// (an invoke, `edgemm_runtime_free(NULL)`, this function) leave it as it is, so check the
+/// status first and read the message only after a failure. The string belongs to edgemm and
+/// stays valid until the next failing edgemm call on this thread.
 /// Thread-safety: per thread; never NULL.
 #[no_mangle]
 pub extern "C" fn edgemm_last_error_message() -> *const c_char {
@@ -66,4 +65,46 @@ pub extern "C" fn edgemm_last_error_message() -> *const c_char {
         Some(message) => message.as_ptr(),
         None => c"".as_ptr(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use super::*;
+    use crate::ffi::invoke::edgemm_result_free;
+    use crate::ffi::runtime::{edgemm_runtime_free, edgemm_runtime_new};
+
+    fn last() -> String {
+        // SAFETY: edgemm_last_error_message never returns NULL and the string lives until the
+        // next failing call on this thread.
+        unsafe { CStr::from_ptr(edgemm_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Issue #22, item 9: a later successful call (even `edgemm_runtime_free(NULL)`) used to
+    /// clear the message of the failure before it.
+    #[test]
+    fn last_error_survives_successful_calls_and_is_replaced_by_the_next_failure() {
+        assert_eq!(last(), "");
+        let mut rt = std::ptr::null_mut();
+        // SAFETY: NULL options are a documented error.
+        let s = unsafe { edgemm_runtime_new(std::ptr::null(), &mut rt) };
+        assert_eq!(s, edgemm_status::EDGEMM_ERR_INVALID_ARGUMENT);
+        assert_eq!(last(), "options is NULL");
+        let pointer = edgemm_last_error_message();
+        // SAFETY: NULL is a no-op for both.
+        unsafe {
+            edgemm_runtime_free(std::ptr::null_mut());
+            edgemm_result_free(std::ptr::null_mut());
+        }
+        assert_eq!(last(), "options is NULL");
+        assert_eq!(edgemm_last_error_message(), pointer, "the string moved");
+        let options = crate::ffi::runtime::edgemm_runtime_default_options();
+        // SAFETY: valid options; a NULL out pointer is a documented error.
+        let s = unsafe { edgemm_runtime_new(&options, std::ptr::null_mut()) };
+        assert_eq!(s, edgemm_status::EDGEMM_ERR_INVALID_ARGUMENT);
+        assert_eq!(last(), "out is NULL");
+    }
 }

@@ -124,6 +124,22 @@ pub struct PlaneShape {
 }
 
 impl PixelFormat {
+    /// Every format, in the order of the C ABI's `edgemm_pixel_format` values. (A function,
+    /// not an associated constant: cbindgen would export a constant as a C type.)
+    pub const fn all() -> [PixelFormat; 9] {
+        [
+            PixelFormat::Rgb24,
+            PixelFormat::Bgr24,
+            PixelFormat::Rgba,
+            PixelFormat::Bgra,
+            PixelFormat::Gray8,
+            PixelFormat::Nv12,
+            PixelFormat::Nv21,
+            PixelFormat::I420,
+            PixelFormat::Yuyv,
+        ]
+    }
+
     /// The shape of each plane of a `width` x `height` frame (`None` on overflow).
     pub fn plane_shapes(self, width: usize, height: usize) -> Option<Vec<PlaneShape>> {
         let (cw, ch) = (width.div_ceil(2), height.div_ceil(2));

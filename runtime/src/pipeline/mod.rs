@@ -12,21 +12,36 @@
 //! - [`smoothing`]: EMA, thresholds with hysteresis, hold; [`SignChanged`] events;
 //! - this module: the workers, the model seam ([`FrameModel`]), [`Stats`].
 //!
-//! ```no_run
-//! use std::sync::Arc;
+//! ```
+//! use std::sync::{mpsc, Arc};
+//! use std::time::Duration;
 //! use edgemm::pipeline::{Pipeline, PipelineEvent, PipelineOptions, RuntimeModel};
 //! use edgemm::pipeline::frame::{Frame, PixelFormat};
 //! use edgemm::{Runtime, RuntimeOptions};
 //!
-//! let runtime = Arc::new(Runtime::new(RuntimeOptions::new("models/repository"))?);
+//! let mut options = RuntimeOptions::new("../models/repository");
+//! # let cache = tempfile::tempdir().unwrap();
+//! # options.cache_dir = cache.path().to_path_buf();
+//! let runtime = Arc::new(Runtime::new(options)?);
 //! let model = Arc::new(RuntimeModel::new(runtime, "sign-language.tar.gz")?);
-//! let pipeline = Pipeline::new(model, PipelineOptions::default(), |event: &PipelineEvent<'_>| {
-//!     if let PipelineEvent::SignChanged { change, .. } = event {
-//!         println!("digit {:?} ({:.2})", change.digit, change.confidence);
+//! let (tx, rx) = mpsc::channel();
+//! let mut pipeline = Pipeline::new(model, PipelineOptions::default(), move |event: &PipelineEvent<'_>| {
+//!     match event {
+//!         PipelineEvent::Frame(result) => tx.send(result.sequence).unwrap(),
+//!         PipelineEvent::SignChanged { change, .. } => {
+//!             println!("digit {:?} ({:.2})", change.digit, change.confidence)
+//!         }
+//!         PipelineEvent::Error { error, .. } => eprintln!("{error}"),
 //!     }
 //! })?;
+//!
+//! // On the camera thread: push returns at once (the frame is copied into the slot).
 //! let gray = vec![128u8; 640 * 480];
 //! pipeline.push(&Frame::packed(&gray, 640, 480, 640, PixelFormat::Gray8, 0))?;
+//! assert_eq!(rx.recv_timeout(Duration::from_secs(120)).unwrap(), 0);
+//! pipeline.close(); // joins the workers: no callback runs after this
+//! let stats = pipeline.stats();
+//! assert_eq!((stats.frames_pushed, stats.frames_processed), (1, 1));
 //! # Ok::<(), edgemm::Error>(())
 //! ```
 
@@ -70,6 +85,9 @@ impl RuntimeModel {
     /// Loads `name` (so a bad name or artifact fails here, not on the first frame).
     pub fn new(runtime: Arc<Runtime>, name: &str) -> Result<Self> {
         let spec = runtime.model(name)?.manifest.input.clone();
+        if !spec.images {
+            return Err(crate::runtime::no_preprocessing(&spec).into());
+        }
         Ok(Self {
             runtime,
             name: name.to_string(),
@@ -92,6 +110,10 @@ impl FrameModel for RuntimeModel {
             .ok_or_else(|| Error::Inference("the model returned no row".into()))
     }
 }
+
+/// The most workers a pipeline runs: each is a thread with its own buffers, and a board has
+/// a handful of cores.
+pub const MAX_WORKERS: usize = 64;
 
 /// How a [`Pipeline`] runs.
 #[derive(Clone, Copy, Debug)]
@@ -294,6 +316,12 @@ impl Pipeline {
     ) -> Result<Self> {
         if options.workers == 0 {
             return Err(Error::InvalidOption("workers must be at least 1".into()));
+        }
+        if options.workers > MAX_WORKERS {
+            return Err(Error::InvalidOption(format!(
+                "workers {} is over the limit of {MAX_WORKERS}",
+                options.workers
+            )));
         }
         let spec = model.input_spec();
         if spec.width == 0 || spec.height == 0 {

@@ -40,6 +40,9 @@ impl Default for SmoothingOptions {
     }
 }
 
+/// The longest hold, frames: over nine hours at 30 fps.
+pub const MAX_HOLD_FRAMES: u32 = 1_000_000;
+
 impl SmoothingOptions {
     /// Checks the ranges documented on each field.
     pub fn validate(&self) -> Result<()> {
@@ -57,6 +60,12 @@ impl SmoothingOptions {
         }
         if self.hold_frames == 0 {
             return bad("hold_frames must be at least 1".into());
+        }
+        if self.hold_frames > MAX_HOLD_FRAMES {
+            return bad(format!(
+                "hold_frames {} is over the limit of {MAX_HOLD_FRAMES}",
+                self.hold_frames
+            ));
         }
         Ok(())
     }

@@ -3,23 +3,32 @@
 
 #![allow(dead_code)]
 
+pub mod cache_fixture;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use edgemm::manifest::{
     InputSpec, Layout, Manifest, OutputKind, ResizeMode, TensorValues, WeightsSpec,
 };
 use edgemm::{Runtime, RuntimeOptions};
 
+/// The workspace root: the nearest directory above the crate being tested that holds
+/// `models/repository` (these fixtures serve the runtime's tests and the CLI's).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("models/repository").is_dir())
+        .expect("the crate lies inside the edgemm workspace")
+        .to_path_buf()
+}
+
 /// The repository shipped in the source tree.
 pub fn shipped_repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/repository")
+    workspace().join("models/repository")
 }
 
 pub fn shipped_sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/samples/imagenet")
-        .join(name)
+    workspace().join("models/samples/imagenet").join(name)
 }
 
 /// A CIFAR-shaped alexnet-small manifest, as the seeds' CIFAR model takes requests:
@@ -53,6 +62,7 @@ pub fn alexnet_manifest() -> Manifest {
             mean: [0.5; 3],
             std: [0.25; 3],
             tensor_values: TensorValues::Unit,
+            images: true,
         },
         output: OutputKind::Logits,
         weights: WeightsSpec {
@@ -60,6 +70,7 @@ pub fn alexnet_manifest() -> Manifest {
             sha256: "0".repeat(64),
         },
         description: Some("seeded random weights, for tests".into()),
+        origin: None,
     }
 }
 
@@ -114,18 +125,14 @@ impl Fixture {
     }
 }
 
-/// A command running the `edgemm` CLI built with these tests. When the tests themselves run
-/// under an emulator (cross/test.sh sets `EDGEMM_TEST_RUNNER`, e.g. `qemu-aarch64 -L ...`),
-/// the CLI is started through it too: without binfmt_misc the kernel cannot exec an ARM binary.
-pub fn cli() -> Command {
-    let bin = env!("CARGO_BIN_EXE_edgemm");
-    match std::env::var("EDGEMM_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut parts = runner.split_whitespace();
-            let mut cmd = Command::new(parts.next().expect("non-empty"));
-            cmd.args(parts).arg(bin);
-            cmd
-        }
-        _ => Command::new(bin),
-    }
+/// A PNG chunk: length, type, data, CRC (for hand-made PNG headers in the tests).
+pub fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&crc.sum().to_be_bytes());
+    out
 }
