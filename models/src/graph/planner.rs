@@ -30,7 +30,7 @@ use super::{reference, Activation, Graph, Op, Shape, PROBE_SIZE};
 use crate::kernels::conv::Conv;
 use crate::kernels::depthwise::Depthwise;
 use crate::kernels::elementwise::{BinaryOp, PoolKind};
-use crate::kernels::mbconv::{MbConv, MbConvWeights};
+use crate::kernels::mbconv::{self, MbConv, MbConvWeights};
 use crate::kernels::{self, Isa};
 use crate::plan::{self, Op as Step, Plan, PlanBuilder, Value};
 use crate::Result;
@@ -500,6 +500,12 @@ fn lower_mbconv(
         depthwise: w.conv(dw, batch_norm_of(g, dw_chain.batch_norm).as_ref())?,
         project: w.conv(project, batch_norm_of(g, project_chain.batch_norm).as_ref())?,
     };
+    // Parts for the threads only where the block runs by channels at the graph's input size
+    // (by rows one whole part is faster; either way computes the same values, at any size).
+    let parts = match g.shapes[project_at + 1] {
+        Shape::Map { h, w, .. } if mbconv::runs_by_channels(h * w) => rayon::current_num_threads(),
+        _ => 1,
+    };
     let block = MbConv::new(
         isa,
         &weights,
@@ -507,7 +513,7 @@ fn lower_mbconv(
         (dw.kernel[0], dw.stride[0]),
         dw.pads.padding(),
         dw_chain.activation,
-        rayon::current_num_threads(),
+        parts,
     );
     let mut nodes: Vec<usize> = expand.map(|ch| ch.nodes).unwrap_or_default();
     nodes.extend(dw_chain.nodes);

@@ -362,14 +362,12 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     if m <= GEMV_ROWS {
         return gemv(isa, a, b, c, epilogue);
     }
-    let panels_per_block = (MC / mk.mr).max(1);
-    let row_blocks = m.div_ceil(mk.mr).div_ceil(panels_per_block);
-    // Enough blocks for every thread: split the columns when the rows alone are too few.
+    let panels = m.div_ceil(mk.mr);
     let par = parallel(m * n * a.depth());
     let threads = if par { rayon::current_num_threads() } else { 1 };
-    let col_blocks = (2 * threads).div_ceil(row_blocks).clamp(1, strips);
+    let (row_blocks, col_blocks) = split(panels, strips, (MC / mk.mr).max(1), threads);
+    let panels_per_block = panels.div_ceil(row_blocks);
     let strips_per_block = strips.div_ceil(col_blocks);
-    let col_blocks = strips.div_ceil(strips_per_block);
     let out = SyncPtr::new(c);
     let run = |block: usize| {
         let (rb, cb) = (block / col_blocks, block % col_blocks);
@@ -385,6 +383,37 @@ pub fn gemm(isa: Isa, a: &dyn PackA, b: &PackedB, c: &mut [f32], epilogue: &Epil
     } else {
         (0..blocks).into_par_iter().for_each(run);
     }
+}
+
+/// How [`gemm`] cuts `panels` row panels by `strips` column strips into blocks for `threads`
+/// threads: `(row blocks, column blocks)`, each row block at most [`MC`] rows (its packed
+/// `A` stays in L2). The blocks are as equal as the panels and strips allow and their count
+/// fills every thread's rounds: the time is the slowest thread's, so the split with the
+/// fewest panel-strips per thread wins (then the one with fewer blocks). Cutting fixed
+/// blocks of `MC` rows and sharing them out left ResNet50's 14x14 layers (17 panels: blocks
+/// of 144 and 52 rows, cut again by columns) one thread with twice the other's work.
+fn split(panels: usize, strips: usize, most_panels: usize, threads: usize) -> (usize, usize) {
+    let fewest_rows = panels.div_ceil(most_panels).max(1);
+    if threads <= 1 {
+        return (fewest_rows, 1);
+    }
+    let mut best = (usize::MAX, fewest_rows, 1);
+    for rows in fewest_rows..=(fewest_rows + 2 * threads).min(panels.max(1)) {
+        let per_row = panels.div_ceil(rows);
+        let rows = panels.div_ceil(per_row);
+        for cols in 1..=(2 * threads).min(strips) {
+            let per_col = strips.div_ceil(cols);
+            let cols = strips.div_ceil(per_col);
+            let blocks = rows * cols;
+            // A thread's share: rounds of the largest block; a block costs about a quarter
+            // of a panel-strip in overhead (its call, its share of A or B read again).
+            let cost = 4 * blocks.div_ceil(threads) * per_row * per_col + blocks;
+            if cost < best.0 {
+                best = (cost, rows, cols);
+            }
+        }
+    }
+    (best.1, best.2)
 }
 
 /// `c[M x N] = epilogue(a · b)` (or `epilogue(c + a · b)` when `accumulate`) for the column

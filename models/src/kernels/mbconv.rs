@@ -49,6 +49,15 @@ const PART_UNIT: usize = 32;
 /// measured those blocks slower: 250 -> 300-400 us.)
 const BY_CHANNELS_MAX_PIXELS: usize = 14 * 14;
 
+/// Whether a block whose output map has `pixels` pixels runs by channels (when more than one
+/// thread works on one image), and so wants its hidden channels cut into one part per thread.
+/// A block that runs by rows computes its parts one after another: one whole part is faster
+/// there (MobileNetV3-Large's 72 hidden channels cut for two threads make parts of 64 and 8,
+/// and the 8-wide part runs each of its three layers at a fraction of the kernels' speed).
+pub fn runs_by_channels(pixels: usize) -> bool {
+    pixels <= BY_CHANNELS_MAX_PIXELS
+}
+
 /// A block's weights with batch norm folded in, as PyTorch lays them out.
 pub struct MbConvWeights {
     /// `[hidden, c_in]` and `[hidden]`, with ReLU6; `None` for a block without expansion.
@@ -219,7 +228,7 @@ impl MbConv {
         } else {
             1
         };
-        if threads > n && self.parts.len() > 1 && oh * ow <= BY_CHANNELS_MAX_PIXELS {
+        if threads > n && self.parts.len() > 1 && runs_by_channels(oh * ow) {
             return self.run_by_channels(isa, input, (n, h, w), output, residual);
         }
         // Output rows per band: as many as keep the band's expanded rows near BAND_BYTES.
